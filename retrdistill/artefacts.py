@@ -1,0 +1,227 @@
+"""Artefacts on disk: atomic writes, content fingerprints and the manifest each stage writes last.
+
+A stage's output is a folder. Its ``manifest.json`` is written after every other file, atomically, so a folder
+without one is unfinished and a folder with one can be trusted. The manifest records the stage, its config,
+the fingerprints of its inputs, library versions, counts and the fingerprints of the files it wrote.
+A stage may be skipped when its manifest's ``key`` (stage + config + input fingerprints + format) is the one
+the current run would produce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrdistill.errors import ManifestError
+
+FORMAT = "retrdistill-artefact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it is fsynced and renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a folder under a temporary name and swap it into place when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- fingerprints
+def fingerprint_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint_obj(obj: Any) -> str:
+    """Fingerprint of a JSON-able value (canonical: sorted keys, no whitespace)."""
+    return fingerprint_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+_file_fp_cache: dict[tuple[str, int, int], str] = {}
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """sha256 of a file's content, streamed; memoised on (path, size, mtime) within a process."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _file_fp_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+        _file_fp_cache[key] = h.hexdigest()
+    return _file_fp_cache[key]
+
+
+def fingerprint_path(path: str | Path, *, exclude: tuple[str, ...] = (MANIFEST,)) -> str:
+    """Fingerprint of a file, or of a folder as the sorted (relative path, content hash) list of its files."""
+    path = Path(path)
+    if path.is_file():
+        return fingerprint_file(path)
+    if not path.is_dir():
+        raise FileNotFoundError(path)
+    rows = []
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel in exclude or any(part.startswith(".") for part in f.relative_to(path).parts):
+            continue
+        rows.append((rel, fingerprint_file(f)))
+    return fingerprint_obj(rows)
+
+
+# ---------------------------------------------------------------- manifests
+@dataclass
+class Manifest:
+    stage: str
+    key: str  # what the run was asked to do: stage + config + input fingerprints
+    config: dict[str, Any]
+    inputs: dict[str, str]  # input name -> fingerprint
+    outputs: dict[str, str] = field(default_factory=dict)  # relative file -> fingerprint
+    counts: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def fingerprint(self) -> str:
+        """What downstream stages record as this artefact's fingerprint: its key and its files."""
+        return fingerprint_obj({"key": self.key, "outputs": self.outputs})
+
+
+def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
+    return fingerprint_obj({"stage": stage, "config": config, "inputs": inputs, "format_version": FORMAT_VERSION})
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "retrdistill": _own_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _own_version() -> str:
+    from retrdistill import __version__
+
+    return __version__
+
+
+def write_manifest(folder: str | Path, manifest: Manifest, *, hash_outputs: bool = True) -> Manifest:
+    """Fingerprint the folder's files into the manifest and write it last, atomically."""
+    folder = Path(folder)
+    if hash_outputs:
+        manifest.outputs = {
+            f.relative_to(folder).as_posix(): fingerprint_file(f)
+            for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.name != MANIFEST and not any(p.startswith(".") for p in f.relative_to(folder).parts)
+        }
+    manifest.created = manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json_atomic(folder / MANIFEST, asdict(manifest))
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> Manifest | None:
+    """The folder's manifest, or None if there is none (an unfinished or absent artefact).
+
+    A manifest of another format, or of a newer format version than this code writes, is refused.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not a readable JSON manifest ({exc}); delete the folder to rebuild it") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ManifestError(
+            f"{path}: not a retrdistill manifest (format {raw.get('format') if isinstance(raw, dict) else None!r}, "
+            f"expected {FORMAT!r}); refusing to overwrite or reuse a foreign folder"
+        )
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: written by a newer retrdistill (format version {version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade retrdistill or rebuild the artefact"
+        )
+    known = {f for f in Manifest.__dataclass_fields__}
+    return Manifest(**{k: v for k, v in raw.items() if k in known})
+
+
+def verify_outputs(folder: str | Path, manifest: Manifest) -> list[str]:
+    """Files listed in the manifest that are missing or changed since it was written."""
+    folder = Path(folder)
+    bad = []
+    for rel, fp in manifest.outputs.items():
+        f = folder / rel
+        if not f.is_file() or fingerprint_file(f) != fp:
+            bad.append(rel)
+    return bad
+
+
+def is_current(folder: str | Path, key: str) -> Manifest | None:
+    """The folder's manifest if it was written for ``key`` and its files are intact, else None."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.key != key:
+        return None
+    if verify_outputs(folder, manifest):
+        return None
+    return manifest

@@ -1,0 +1,1 @@
+"""Collections in BEIR format, training-query sources, and their validation."""

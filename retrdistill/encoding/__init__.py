@@ -1,0 +1,1 @@
+"""The one encoding and scoring engine used by mine, score, index and eval."""

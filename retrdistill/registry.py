@@ -1,0 +1,123 @@
+"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers.
+
+The CLI's choices, pipeline validation and error messages all read this module, so names cannot drift apart.
+Adding a part is one new file (a class with an ``Options`` dataclass and a ``from_options`` constructor)
+plus one line below. Targets are import strings so that reading the registry imports no heavy library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from retrdistill.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    target: str  # "package.module:ClassName"
+    summary: str
+
+    def load(self) -> Any:
+        module_name, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+def _entries(kind: str, rows: list[tuple[str, str, str]]) -> dict[str, Entry]:
+    return {name: Entry(kind, name, target, summary) for name, target, summary in rows}
+
+
+REGISTRY: dict[str, dict[str, Entry]] = {
+    "query_generator": _entries("query_generator", [
+        ("inverse-cloze", "retrdistill.data.pseudo_queries:InverseClozeGenerator",
+         "a sentence cut from a passage becomes its query, the passage its positive (no model)"),
+        ("split", "retrdistill.data.pseudo_queries:SplitQueries",
+         "the collection's own training split (queries.jsonl + qrels/<split>.tsv)"),
+        ("file", "retrdistill.data.pseudo_queries:FileQueries",
+         "a queries JSONL file and a qrels TSV file given by path"),
+    ]),
+    "miner": _entries("miner", [
+        ("bm25", "retrdistill.miners.bm25:BM25Miner", "bm25s lexical retrieval (embedded, no Java)"),
+        ("dense", "retrdistill.miners.dense:DenseMiner", "any sentence-transformers model searched with FAISS"),
+    ]),
+    "teacher": _entries("teacher", [
+        ("bi-encoder", "retrdistill.teachers.biencoder:BiEncoderTeacher",
+         "SentenceTransformer similarity; corpus encoded once and cached"),
+        ("cross-encoder", "retrdistill.teachers.crossencoder:CrossEncoderTeacher",
+         "sentence-transformers CrossEncoder scores each (query, passage) pair"),
+        ("fusion", "retrdistill.teachers.fusion:FusionTeacher",
+         "per-query min-max normalised weighted sum of other teachers and BM25"),
+    ]),
+    "loss": _entries("loss", [
+        ("margin-mse", "retrdistill.losses.distill:MarginMSE",
+         "MSE between student and teacher margins sim(q,pos)-sim(q,neg_i)"),
+        ("listwise-kl", "retrdistill.losses.distill:ListwiseKL",
+         "KL divergence between teacher and student softmax over each query's candidate list"),
+    ]),
+    "student": _entries("student", [
+        ("dense", "retrdistill.students.dense:DenseStudent", "a SentenceTransformer bi-encoder"),
+    ]),
+    "indexer": _entries("indexer", [
+        ("faiss-flat", "retrdistill.indexers.faiss_index:FlatIndexer", "exact inner-product search (default)"),
+        ("faiss-ivf", "retrdistill.indexers.faiss_index:IVFIndexer", "inverted lists over k-means cells"),
+        ("faiss-hnsw", "retrdistill.indexers.faiss_index:HNSWIndexer", "graph-based approximate search"),
+    ]),
+}
+
+KINDS = tuple(REGISTRY)
+
+
+def names(kind: str) -> list[str]:
+    """The registered names of one kind, in registration order."""
+    return list(_kind(kind))
+
+
+def entry(kind: str, name: str, *, where: str | None = None, line: int | None = None) -> Entry:
+    """Look a part up; an unknown name raises ConfigError listing every registered name of that kind."""
+    parts = _kind(kind)
+    if name not in parts:
+        raise ConfigError(
+            f"unknown {kind.replace('_', ' ')} {name!r}; expected one of: {', '.join(parts)}", where, line
+        )
+    return parts[name]
+
+
+def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:
+    """Construct a registered part from its options dict, validated against its ``Options`` dataclass."""
+    cls = entry(kind, name).load()
+    opts = make_options(cls, options or {}, label=f"{kind.replace('_', ' ')} {name!r}")
+    return cls.from_options(opts, **context)
+
+
+def make_options(cls: Any, options: dict[str, Any], *, label: str) -> Any:
+    """Instantiate ``cls.Options`` from a dict, rejecting unknown keys with the list of known ones."""
+    options_cls = getattr(cls, "Options", None)
+    if options_cls is None:
+        if options:
+            raise ConfigError(f"{label} takes no options, got: {', '.join(options)}")
+        return None
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {label}; expected: {', '.join(sorted(known))}")
+    try:
+        return options_cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad options for {label}: {exc}") from exc
+
+
+def describe() -> dict[str, list[dict[str, str]]]:
+    """Everything registered, for `retrdistill list` and docs."""
+    return {
+        kind: [{"name": e.name, "summary": e.summary} for e in parts.values()] for kind, parts in REGISTRY.items()
+    }
+
+
+def _kind(kind: str) -> dict[str, Entry]:
+    if kind not in REGISTRY:
+        raise ConfigError(f"unknown part kind {kind!r}; expected one of: {', '.join(REGISTRY)}")
+    return REGISTRY[kind]

@@ -1,4 +1,5 @@
-"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers.
+"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers and
+evaluation systems.
 
 The CLI's choices, pipeline validation and error messages all read this module, so names cannot drift apart.
 Adding a part is one new file (a class with an ``Options`` dataclass and a ``from_options`` constructor)
@@ -65,6 +66,12 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("faiss-flat", "retrdistill.indexers.faiss_index:FlatIndexer", "exact inner-product search (default)"),
         ("faiss-ivf", "retrdistill.indexers.faiss_index:IVFIndexer", "inverted lists over k-means cells"),
         ("faiss-hnsw", "retrdistill.indexers.faiss_index:HNSWIndexer", "graph-based approximate search"),
+    ]),
+    "system": _entries("system", [
+        ("bm25", "retrdistill.systems:BM25System", "BM25 (bm25s) over the evaluated corpus"),
+        ("dense", "retrdistill.systems:DenseSystem", "a SentenceTransformer model, exact search (e.g. the base student)"),
+        ("index", "retrdistill.systems:IndexSystem", "a saved retrdistill index folder (e.g. the distilled student)"),
+        ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),
     ]),
 }
 

@@ -1,0 +1,1 @@
+"""The retrdistill command line (Typer): parses arguments and calls the library."""

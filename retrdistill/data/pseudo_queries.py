@@ -1,0 +1,157 @@
+"""Sources of training queries: a model-free pseudo-query generator, a collection's own split, or files.
+
+Each source yields a :class:`TrainingQueries` (queries and their positives). The queries stage writes it as a
+BEIR-style pair of files (``queries.jsonl``, ``qrels.tsv``). Evaluation queries never become training queries
+unless the user explicitly forces it (``allow_eval_queries: true``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrdistill.data.beir import Collection, Qrels, load_qrels, load_queries
+from retrdistill.errors import ConfigError
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class TrainingQueries:
+    queries: dict[str, str]
+    positives: Qrels  # query id -> {doc id: grade}; grade >= 1 is a positive
+
+
+class InverseClozeGenerator:
+    """Inverse cloze pseudo-queries: a span of one sentence of a passage is the query, the passage its positive.
+
+    Deterministic for a given seed and corpus. Passages are sampled uniformly without replacement; within a
+    passage a sentence with at least ``min_words`` words is chosen, then a window of ``min_words`` to
+    ``max_words`` words of it (real queries are short; whole sentences are not).
+    """
+
+    @dataclass
+    class Options:
+        num_queries: int = 2000
+        min_words: int = 4
+        max_words: int = 12
+        seed: int = 13
+
+        def __post_init__(self) -> None:
+            if self.num_queries < 1:
+                raise ValueError("num_queries must be at least 1")
+            if not 1 <= self.min_words <= self.max_words:
+                raise ValueError("need 1 <= min_words <= max_words")
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "InverseClozeGenerator":
+        return cls(options)
+
+    def generate(self, collection: Collection) -> TrainingQueries:
+        opts = self.options
+        corpus = collection.corpus
+        rng = random.Random(opts.seed)
+        order = list(range(len(corpus)))
+        rng.shuffle(order)
+        queries: dict[str, str] = {}
+        positives: Qrels = {}
+        batch = 1024
+        for start in range(0, len(order), batch):
+            if len(queries) >= opts.num_queries:
+                break
+            rows = sorted(order[start:start + batch])
+            picked = corpus.dataset.select(rows)
+            for doc_id, title, text in zip(picked["_id"], picked["title"], picked["text"]):
+                query = self._span(text, rng) or self._span(title, rng)
+                if query is None:
+                    continue
+                qid = f"ict-{doc_id}"
+                queries[qid] = query
+                positives[qid] = {doc_id: 1}
+                if len(queries) >= opts.num_queries:
+                    break
+        return TrainingQueries(queries, positives)
+
+    def _span(self, text: str, rng: random.Random) -> str | None:
+        opts = self.options
+        sentences = [s for s in _SENTENCE_END.split(text.strip()) if len(_WORD.findall(s)) >= opts.min_words]
+        if not sentences:
+            return None
+        words = _WORD.findall(rng.choice(sentences))
+        length = rng.randint(opts.min_words, min(opts.max_words, len(words)))
+        start = rng.randint(0, len(words) - length)
+        return " ".join(words[start:start + length]).strip(" .,;:!?")
+
+
+class SplitQueries:
+    """The collection's own training split: ``queries.jsonl`` restricted to the queries judged in ``qrels/<split>.tsv``."""
+
+    @dataclass
+    class Options:
+        split: str = "train"
+        max_queries: int | None = None
+        seed: int = 13
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "SplitQueries":
+        return cls(options)
+
+    def generate(self, collection: Collection) -> TrainingQueries:
+        qrels, _ = collection.qrels(self.options.split)
+        positives = {q: {d: g for d, g in docs.items() if g > 0} for q, docs in qrels.items()}
+        positives = {q: docs for q, docs in positives.items() if docs}
+        qids = sorted(positives)
+        if self.options.max_queries is not None and len(qids) > self.options.max_queries:
+            qids = sorted(random.Random(self.options.seed).sample(qids, self.options.max_queries))
+        return TrainingQueries({q: collection.queries[q] for q in qids}, {q: positives[q] for q in qids})
+
+
+class FileQueries:
+    """Training queries from a BEIR-style queries JSONL file and a qrels TSV file given by path."""
+
+    @dataclass
+    class Options:
+        queries: str = ""
+        qrels: str = ""
+
+        def __post_init__(self) -> None:
+            if not self.queries or not self.qrels:
+                raise ValueError("both 'queries' (a JSONL path) and 'qrels' (a TSV path) are required")
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "FileQueries":
+        return cls(options)
+
+    def input_files(self) -> list[Path]:
+        return [Path(self.options.queries), Path(self.options.qrels)]
+
+    def generate(self, collection: Collection) -> TrainingQueries:
+        queries, _ = load_queries(self.options.queries)
+        qrels, _ = load_qrels(self.options.qrels, query_ids=queries)
+        positives = {q: {d: g for d, g in docs.items() if g > 0} for q, docs in qrels.items()}
+        positives = {q: docs for q, docs in positives.items() if docs}
+        return TrainingQueries({q: queries[q] for q in sorted(positives)}, positives)
+
+
+def check_no_eval_leak(train: TrainingQueries, eval_queries: dict[str, str], eval_split: str, *, allowed: bool) -> int:
+    """Refuse training queries that are evaluation queries (same id or same text) unless explicitly allowed."""
+    eval_texts = {" ".join(t.lower().split()) for t in eval_queries.values()}
+    leaked = [q for q, t in train.queries.items() if q in eval_queries or " ".join(t.lower().split()) in eval_texts]
+    if leaked and not allowed:
+        raise ConfigError(
+            f"{len(leaked)} training queries are {eval_split!r} evaluation queries (e.g. {leaked[0]!r}); training "
+            "on test queries invalidates the evaluation. Set 'allow_eval_queries: true' in the queries stage to force it."
+        )
+    return len(leaked)

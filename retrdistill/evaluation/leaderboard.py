@@ -1,0 +1,491 @@
+"""A leaderboard: one row per (system, dataset), mean rows across datasets, and its JSON / Markdown / HTML files.
+
+The JSON is the stored form (schema: ``docs/leaderboard-schema.md``); Markdown and HTML are rendered from
+it, so :func:`load_leaderboard` followed by :func:`write_markdown` / :func:`write_html` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from retrdistill.artefacts import write_json_atomic, write_text_atomic
+from retrdistill.errors import ConfigError, DataError
+from retrdistill.evaluation.compare import Comparison
+from retrdistill.evaluation.metrics import EvalResult, validate_metrics
+
+log = logging.getLogger(__name__)
+
+FORMAT = "retrdistill-leaderboard"
+SCHEMA_VERSION = 1
+COST_FIELDS = ("encode_passages_per_s", "ms_per_query", "index_bytes", "parameters")
+MARKER = "\u2020"  # dagger: corrected p < alpha against the baseline
+TEST_NAMES = {"student": "paired Student t-test", "fisher": "Fisher randomisation test"}
+CORRECTION_NAMES = {"holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected", "none": "uncorrected"}
+
+
+@dataclass
+class Significance:
+    """One system against the baseline on one metric, on one dataset."""
+
+    baseline: str
+    test: str
+    correction: str
+    alpha: float
+    p_value: float
+    p_corrected: float
+    wins: int
+    ties: int
+    losses: int
+    correct_over: str = "systems"  # the family corrected together: "systems" (per metric) or "all"
+
+    @property
+    def significant(self) -> bool:
+        return self.p_corrected < self.alpha
+
+
+@dataclass
+class Row:
+    system: str
+    dataset: str
+    metrics: dict[str, float]
+    n_queries: int | None = None
+    encode_passages_per_s: float | None = None
+    ms_per_query: float | None = None
+    index_bytes: int | None = None
+    parameters: int | None = None
+    provenance: dict[str, str] = field(default_factory=dict)  # e.g. model / index / pipeline -> fingerprint
+    significance: dict[str, Significance] = field(default_factory=dict)  # metric -> test against the baseline
+
+
+@dataclass
+class MeanRow:
+    """A system's mean over the datasets. A metric is present only if the system has it on every dataset."""
+
+    system: str
+    datasets: list[str]
+    metrics: dict[str, float]
+    encode_passages_per_s: float | None = None  # mean over the system's rows, if all have it
+    ms_per_query: float | None = None  # idem
+    parameters: int | None = None  # when the same on every row; index size is not averaged
+
+
+@dataclass
+class Leaderboard:
+    title: str = "retrdistill leaderboard"
+    primary_metric: str = "ndcg@10"
+    baseline: str | None = None
+    rows: list[Row] = field(default_factory=list)
+    metric_order: list[str] = field(default_factory=list)  # column order; metrics not listed follow
+
+    def add(self, row: Row) -> Row:
+        if any(r.system == row.system and r.dataset == row.dataset for r in self.rows):
+            raise ValueError(f"the leaderboard already has a row for system {row.system!r} on {row.dataset!r}")
+        self.rows.append(row)
+        return row
+
+    def add_result(
+        self,
+        system: str,
+        dataset: str,
+        result: EvalResult,
+        *,
+        encode_passages_per_s: float | None = None,
+        ms_per_query: float | None = None,
+        index_bytes: int | None = None,
+        parameters: int | None = None,
+        provenance: Mapping[str, str] | None = None,
+    ) -> Row:
+        return self.add(
+            Row(
+                system=system,
+                dataset=dataset,
+                metrics=dict(result.mean),
+                n_queries=result.n_queries,
+                encode_passages_per_s=encode_passages_per_s,
+                ms_per_query=ms_per_query,
+                index_bytes=index_bytes,
+                parameters=parameters,
+                provenance=dict(provenance or {}),
+            )
+        )
+
+    def add_comparison(self, dataset: str, comparison: Comparison) -> None:
+        """Attach a comparison's corrected p-values and win/tie/loss counts to the rows of ``dataset``."""
+        if self.baseline is None:
+            self.baseline = comparison.baseline
+        elif self.baseline != comparison.baseline:
+            raise ValueError(f"leaderboard baseline is {self.baseline!r}, comparison's is {comparison.baseline!r}")
+        for system in comparison.systems:
+            row = self.row(system, dataset)
+            for metric in comparison.metrics:
+                w, t, lo = comparison.win_tie_loss[system][metric]
+                row.significance[metric] = Significance(
+                    baseline=comparison.baseline,
+                    test=comparison.test,
+                    correction=comparison.correction,
+                    alpha=comparison.alpha,
+                    p_value=comparison.p_values[system][metric],
+                    p_corrected=comparison.p_corrected[system][metric],
+                    wins=w,
+                    ties=t,
+                    losses=lo,
+                    correct_over=comparison.correct_over,
+                )
+
+    def row(self, system: str, dataset: str) -> Row:
+        for r in self.rows:
+            if r.system == system and r.dataset == dataset:
+                return r
+        raise KeyError(f"no row for system {system!r} on dataset {dataset!r}")
+
+    def datasets(self) -> list[str]:
+        return list(dict.fromkeys(r.dataset for r in self.rows))
+
+    def systems(self) -> list[str]:
+        return list(dict.fromkeys(r.system for r in self.rows))
+
+    def metrics(self) -> list[str]:
+        """Every metric seen, primary first, then in first-seen order."""
+        seen = dict.fromkeys([self.primary_metric, *self.metric_order] + [m for r in self.rows for m in r.metrics])
+        return [m for m in seen if any(m in r.metrics for r in self.rows)]
+
+    def rows_for(self, dataset: str) -> list[Row]:
+        """Rows of one dataset, best primary metric first (missing last), then by system name."""
+        return sorted(
+            (r for r in self.rows if r.dataset == dataset),
+            key=lambda r: _rank_key(r.metrics, self.primary_metric, r.system),
+        )
+
+    def mean_rows(self) -> list[MeanRow]:
+        datasets = self.datasets()
+        out = []
+        for system in self.systems():
+            rows = [r for r in self.rows if r.system == system]
+            metrics = {}
+            if len(rows) == len(datasets):
+                for m in self.metrics():
+                    if all(m in r.metrics for r in rows):
+                        metrics[m] = sum(r.metrics[m] for r in rows) / len(rows)
+            params = {r.parameters for r in rows}
+            out.append(
+                MeanRow(
+                    system=system,
+                    datasets=[r.dataset for r in rows],
+                    metrics=metrics,
+                    encode_passages_per_s=_mean_if_all([r.encode_passages_per_s for r in rows]),
+                    ms_per_query=_mean_if_all([r.ms_per_query for r in rows]),
+                    parameters=params.pop() if len(params) == 1 else None,
+                )
+            )
+        return sorted(out, key=lambda r: _rank_key(r.metrics, self.primary_metric, r.system))
+
+    # ------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        rows = sorted(self.rows, key=lambda r: (r.dataset, r.system))
+        return {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "title": self.title,
+            "primary_metric": self.primary_metric,
+            "baseline": self.baseline,
+            "metrics": self.metrics(),
+            "datasets": self.datasets(),
+            "rows": [asdict(r) for r in rows],
+            "mean": [asdict(r) for r in self.mean_rows()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str | Path = "<leaderboard>") -> Leaderboard:
+        return _parse(data, Path(path))
+
+
+def _rank_key(metrics: Mapping[str, float], primary: str, system: str) -> tuple:
+    value = metrics.get(primary)
+    return (value is None, -(value or 0.0), system)
+
+
+def _mean_if_all(values: list[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ reading JSON back
+def load_leaderboard(path: str | Path) -> Leaderboard:
+    """Rebuild a :class:`Leaderboard` from its JSON file; DataError naming the field that is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, getattr(exc, "lineno", None), f"not valid JSON ({exc})") from exc
+    return _parse(data, path)
+
+
+def _expect(ok: bool, path: Path, where: str, expected: str, found: Any) -> None:
+    if not ok:
+        raise DataError(path, None, f"{where}: expected {expected}, found {found!r}")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _parse(data: Any, path: Path) -> Leaderboard:
+    _expect(isinstance(data, dict), path, "top level", "a JSON object", type(data).__name__)
+    _expect(data.get("format") == FORMAT, path, "format", repr(FORMAT), data.get("format"))
+    version = data.get("schema_version")
+    _expect(
+        isinstance(version, int) and 1 <= version <= SCHEMA_VERSION,
+        path,
+        "schema_version",
+        f"an integer from 1 to {SCHEMA_VERSION} (upgrade retrdistill to read newer files)",
+        version,
+    )
+    for key in ("title", "primary_metric"):
+        _expect(isinstance(data.get(key), str), path, key, "a string", data.get(key))
+    _expect(
+        data.get("baseline") is None or isinstance(data.get("baseline"), str),
+        path,
+        "baseline",
+        "a string or null",
+        data.get("baseline"),
+    )
+    _expect(isinstance(data.get("rows"), list), path, "rows", "a list", data.get("rows"))
+    order = data.get("metrics", [])
+    _expect(
+        isinstance(order, list) and all(isinstance(m, str) for m in order),
+        path,
+        "metrics",
+        "a list of metric names",
+        order,
+    )
+    board = Leaderboard(
+        title=data["title"],
+        primary_metric=data["primary_metric"],
+        baseline=data.get("baseline"),
+        metric_order=list(order),
+    )
+    for i, raw in enumerate(data["rows"]):
+        board.add(_parse_row(raw, path, f"rows[{i}]"))
+    # "metrics" gives the column order only; "datasets" and "mean" are derived and recomputed, not read
+    return board
+
+
+def _parse_row(raw: Any, path: Path, where: str) -> Row:
+    _expect(isinstance(raw, dict), path, where, "an object", raw)
+    known = {f.name for f in fields(Row)}
+    unknown = sorted(set(raw) - known)
+    _expect(not unknown, path, where, f"only the fields {sorted(known)}", unknown)
+    for key in ("system", "dataset"):
+        _expect(
+            isinstance(raw.get(key), str) and raw.get(key), path, f"{where}.{key}", "a non-empty string", raw.get(key)
+        )
+    metrics = raw.get("metrics")
+    _expect(isinstance(metrics, dict), path, f"{where}.metrics", "an object of metric -> number", metrics)
+    for m, v in metrics.items():
+        _expect(_is_num(v), path, f"{where}.metrics.{m}", "a finite number", v)
+    for m in metrics:
+        try:
+            validate_metrics([m])
+        except ConfigError as exc:
+            raise DataError(path, None, f"{where}.metrics: {exc}") from None
+    for key in ("n_queries", "index_bytes", "parameters"):
+        v = raw.get(key)
+        _expect(
+            v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+            path,
+            f"{where}.{key}",
+            "a non-negative integer or null",
+            v,
+        )
+    for key in ("encode_passages_per_s", "ms_per_query"):
+        v = raw.get(key)
+        _expect(v is None or (_is_num(v) and v >= 0), path, f"{where}.{key}", "a non-negative number or null", v)
+    prov = raw.get("provenance", {})
+    _expect(
+        isinstance(prov, dict) and all(isinstance(v, str) for v in prov.values()),
+        path,
+        f"{where}.provenance",
+        "an object of name -> fingerprint string",
+        prov,
+    )
+    sig_raw = raw.get("significance", {})
+    _expect(isinstance(sig_raw, dict), path, f"{where}.significance", "an object of metric -> test", sig_raw)
+    sig = {}
+    sig_fields = [f.name for f in fields(Significance)]
+    for m, s in sig_raw.items():
+        _expect(
+            isinstance(s, dict) and sorted(s) == sorted(sig_fields),
+            path,
+            f"{where}.significance.{m}",
+            f"an object with {sig_fields}",
+            s,
+        )
+        sig[m] = Significance(**s)
+    return Row(
+        system=raw["system"],
+        dataset=raw["dataset"],
+        metrics={m: float(v) for m, v in metrics.items()},
+        n_queries=raw.get("n_queries"),
+        encode_passages_per_s=raw.get("encode_passages_per_s"),
+        ms_per_query=raw.get("ms_per_query"),
+        index_bytes=raw.get("index_bytes"),
+        parameters=raw.get("parameters"),
+        provenance=dict(prov),
+        significance=sig,
+    )
+
+
+# ------------------------------------------------------------ formatting shared by Markdown and HTML
+def metric_label(metric: str) -> str:
+    family, _, k = metric.partition("@")
+    name = {"ndcg": "nDCG", "map": "MAP", "mrr": "MRR", "recall": "R", "precision": "P"}.get(family, family)
+    return f"{name}@{k}" if k else name
+
+
+COST_LABELS = {
+    "ms_per_query": "ms/query",
+    "encode_passages_per_s": "passages/s",
+    "index_bytes": "index",
+    "parameters": "parameters",
+}
+
+
+def format_cost(name: str, value: float | int | None) -> str:
+    if value is None:
+        return "\u2014"
+    if name == "index_bytes":
+        size = float(value)
+        for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+            if size < 1024 or unit == "TiB":
+                return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            size /= 1024
+    if name == "parameters":
+        for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+            if value >= div:
+                return f"{value / div:.1f}{unit}"
+        return str(value)
+    if name == "ms_per_query":
+        return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+    return f"{value:,.0f}"
+
+
+def format_metric(value: float | None) -> str:
+    return "\u2014" if value is None else f"{value:.4f}"
+
+
+def legend(board: Leaderboard) -> str:
+    """The sentence explaining the significance marker, or "" when no row has a test."""
+    sigs = [s for r in board.rows for s in r.significance.values()]
+    if not sigs:
+        return ""
+    s = sigs[0]
+    test = TEST_NAMES.get(s.test, s.test)
+    corr = CORRECTION_NAMES.get(s.correction, s.correction)
+    family = "all systems and metrics together" if s.correct_over == "all" else "across systems, per metric"
+    return (
+        f"{MARKER} significantly different from the baseline {s.baseline} "
+        f"({test}, two-sided, {corr} p < {s.alpha:g}; corrected {family}, per dataset)"
+    )
+
+
+def cost_columns(rows: list[Row] | list[MeanRow]) -> list[str]:
+    """Cost fields that at least one row has, in :data:`COST_FIELDS` order."""
+    return [c for c in COST_FIELDS if any(getattr(r, c, None) is not None for r in rows)]
+
+
+# ------------------------------------------------------------ Markdown
+def render_markdown(board: Leaderboard) -> str:
+    metrics = board.metrics()
+    out = [f"# {_md(board.title)}", ""]
+    if board.baseline:
+        out += [f"Baseline: **{_md(board.baseline)}**. Rows sorted by {metric_label(board.primary_metric)}.", ""]
+    if legend(board):
+        out += [_md(legend(board)) + ".", ""]
+    datasets = board.datasets()
+    if len(datasets) > 1:
+        means = board.mean_rows()
+        costs = cost_columns(means)
+        out += [f"## Mean over {len(datasets)} datasets", ""]
+        out += _md_table(
+            ["System"] + [metric_label(m) for m in metrics] + [COST_LABELS[c] for c in costs],
+            [
+                [_md(r.system)]
+                + [format_metric(r.metrics.get(m)) for m in metrics]
+                + [format_cost(c, getattr(r, c)) for c in costs]
+                for r in means
+            ],
+        )
+    for ds in datasets:
+        rows = board.rows_for(ds)
+        costs = cost_columns(rows)
+        nq = {r.n_queries for r in rows if r.n_queries is not None}
+        out += [f"## {_md(ds)}" + (f" ({nq.pop()} queries)" if len(nq) == 1 else ""), ""]
+        out += _md_table(
+            ["System"] + [metric_label(m) for m in metrics] + [COST_LABELS[c] for c in costs],
+            [
+                [_md(r.system)]
+                + [format_metric(r.metrics.get(m)) + _marker(r, m) for m in metrics]
+                + [format_cost(c, getattr(r, c)) for c in costs]
+                for r in rows
+            ],
+        )
+    prov = [r for r in board.rows if r.provenance]
+    if prov:
+        out += [
+            "## Provenance",
+            "",
+            "Fingerprints (first 12 hex digits) of the manifests each row was produced from.",
+            "",
+        ]
+        out += _md_table(
+            ["System", "Dataset", "Fingerprints"],
+            [
+                [
+                    _md(r.system),
+                    _md(r.dataset),
+                    ", ".join(f"{_md(k)} `{v[:12]}`" for k, v in sorted(r.provenance.items())),
+                ]
+                for r in sorted(prov, key=lambda r: (r.dataset, r.system))
+            ],
+            numeric=False,
+        )
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _marker(row: Row, metric: str) -> str:
+    sig = row.significance.get(metric)
+    return MARKER if sig is not None and sig.significant else ""
+
+
+def _md(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+    align = "---:" if numeric else "---"
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [align] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines + [""]
+
+
+# ------------------------------------------------------------ writers (all atomic)
+def write_json(board: Leaderboard, path: str | Path) -> None:
+    write_json_atomic(path, board.to_dict())
+    log.info("wrote leaderboard JSON (%d rows) to %s", len(board.rows), path)
+
+
+def write_markdown(board: Leaderboard, path: str | Path) -> None:
+    write_text_atomic(path, render_markdown(board))
+
+
+def write_html(board: Leaderboard, path: str | Path) -> None:
+    from retrdistill.evaluation.leaderboard_html import render_html
+
+    write_text_atomic(path, render_html(board))

@@ -1,0 +1,1 @@
+"""Indexers: build a searchable index from corpus embeddings (registered in retrdistill.registry)."""

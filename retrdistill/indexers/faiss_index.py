@@ -1,0 +1,172 @@
+"""FAISS indexes over corpus embeddings: flat (exact), IVF and HNSW; moved to the GPU when a GPU build of faiss
+and a GPU are present (flat search gives the same results on either).
+
+Embeddings are added in chunks from a memory map, so building never copies the whole matrix into Python lists.
+Inner product is the metric: embeddings of cosine models are normalised before they get here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+_ADD_CHUNK = 65_536
+
+
+def gpu_available() -> bool:
+    try:
+        import faiss
+
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001 - a broken faiss GPU runtime means: use the CPU
+        return False
+
+
+class FaissIndexer:
+    """Common build / save / load / search for the FAISS index families."""
+
+    @dataclass
+    class Options:
+        use_gpu: str = "auto"  # auto | always | never
+
+        def __post_init__(self) -> None:
+            if self.use_gpu not in ("auto", "always", "never"):
+                raise ValueError("use_gpu must be one of: auto, always, never")
+
+    def __init__(self, options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options, **_: object):
+        return cls(options)
+
+    def make(self, dim: int, n: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def build(self, embeddings: np.ndarray):
+        import faiss
+
+        n, dim = embeddings.shape
+        index = self.make(dim, n)
+        if not index.is_trained:
+            sample = self._training_sample(embeddings)
+            log.info("training %s on %d vectors", type(index).__name__, len(sample))
+            index.train(sample)
+        for start in range(0, n, _ADD_CHUNK):
+            index.add(np.ascontiguousarray(embeddings[start:start + _ADD_CHUNK], dtype=np.float32))
+        self.configure_search(index)
+        return index
+
+    def _training_sample(self, embeddings: np.ndarray) -> np.ndarray:
+        n = len(embeddings)
+        size = min(n, getattr(self.options, "train_size", n))
+        rows = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
+        return np.ascontiguousarray(embeddings[rows], dtype=np.float32)
+
+    def configure_search(self, index) -> None:
+        pass
+
+    def to_device(self, index):
+        """The index on the GPU when asked or available, else unchanged."""
+        want = self.options.use_gpu
+        if want == "never" or (want == "auto" and not gpu_available()):
+            return index
+        import faiss
+
+        if not gpu_available():
+            from retrdistill.errors import ConfigError
+
+            raise ConfigError("use_gpu: always, but faiss has no GPU support or no GPU is visible (install retrdistill[gpu])")
+        res = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(res, 0, index)
+
+
+class FlatIndexer(FaissIndexer):
+    """Exact inner-product search (IndexFlatIP)."""
+
+    def make(self, dim: int, n: int):
+        import faiss
+
+        return faiss.IndexFlatIP(dim)
+
+
+class IVFIndexer(FaissIndexer):
+    """Inverted lists over k-means cells (IndexIVFFlat, inner product); ``nlist`` 0 means 4·sqrt(n)."""
+
+    @dataclass
+    class Options(FaissIndexer.Options):
+        nlist: int = 0
+        nprobe: int = 16
+        train_size: int = 200_000
+
+    def make(self, dim: int, n: int):
+        import faiss
+
+        nlist = self.options.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index._quantizer_ref = quantizer  # keep the quantizer alive with the index
+        return index
+
+    def configure_search(self, index) -> None:
+        index.nprobe = self.options.nprobe
+
+
+class HNSWIndexer(FaissIndexer):
+    """Hierarchical navigable small-world graph (IndexHNSWFlat, inner product). CPU only in faiss."""
+
+    @dataclass
+    class Options(FaissIndexer.Options):
+        m: int = 32
+        ef_construction: int = 200
+        ef_search: int = 128
+
+    def make(self, dim: int, n: int):
+        import faiss
+
+        index = faiss.IndexHNSWFlat(dim, self.options.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.options.ef_construction
+        return index
+
+    def configure_search(self, index) -> None:
+        index.hnsw.efSearch = self.options.ef_search
+
+    def to_device(self, index):
+        return index
+
+
+def search(index, queries: np.ndarray, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, row indices) for each query row; -1 rows where fewer than k exist."""
+    k = min(k, index.ntotal)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), batch_size):
+        s, i = index.search(np.ascontiguousarray(queries[start:start + batch_size], dtype=np.float32), k)
+        scores[start:start + len(s)] = s
+        rows[start:start + len(i)] = i
+    return scores, rows
+
+
+def save_index(index, path: str | Path) -> None:
+    import faiss
+
+    from retrdistill.artefacts import atomic_path
+
+    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+        index = faiss.index_gpu_to_cpu(index)
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def load_index(path: str | Path, *, mmap: bool = True):
+    import faiss
+
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError:
+        return faiss.read_index(str(path))

@@ -1,0 +1,1 @@
+"""Distillation losses (registered in retrdistill.registry); thin adapters over sentence-transformers' losses."""

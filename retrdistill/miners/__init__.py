@@ -1,0 +1,1 @@
+"""Miners: retrieve candidate passages per training query (registered in retrdistill.registry)."""

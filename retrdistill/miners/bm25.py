@@ -1,0 +1,126 @@
+"""BM25 with bm25s: an embedded lexical retriever (no Java), its index cached as bm25s's folder of arrays."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrdistill.artefacts import atomic_dir, fingerprint_obj, write_json_atomic
+from retrdistill.data.beir import Corpus
+
+log = logging.getLogger(__name__)
+Hits = dict[str, list[tuple[str, float]]]
+
+
+class BM25Miner:
+    """bm25s BM25 over title + text, English stopwords and Snowball stemming by default."""
+
+    @dataclass
+    class Options:
+        k1: float = 1.5
+        b: float = 0.75
+        method: str = "lucene"
+        stopwords: str | None = "en"
+        stemmer: str | None = "english"
+
+    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
+        self.options = options
+        self.corpus = corpus
+        self.cache_dir = Path(cache_dir)
+        self._retriever = None
+        self._tokenizer = None
+        self._doc_ids: list[str] | None = None
+
+    @classmethod
+    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "BM25Miner":
+        return cls(options, corpus, cache_dir)
+
+    def fingerprint(self) -> dict:
+        return {"miner": "bm25", "options": asdict(self.options), "corpus": self.corpus.fingerprint}
+
+    @property
+    def index_dir(self) -> Path:
+        return self.cache_dir / "bm25" / fingerprint_obj(self.fingerprint())[:20]
+
+    def _make_tokenizer(self):
+        import bm25s
+
+        stemmer = None
+        if self.options.stemmer:
+            import Stemmer
+
+            stemmer = Stemmer.Stemmer(self.options.stemmer)
+        return bm25s.tokenization.Tokenizer(stopwords=self.options.stopwords or None, stemmer=stemmer)
+
+    def _load(self) -> None:
+        import bm25s
+
+        if self._retriever is not None:
+            return
+        folder = self.index_dir
+        if not (folder / "done.json").is_file():
+            self._build(folder)
+        self._retriever = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
+        self._tokenizer = self._make_tokenizer()
+        self._tokenizer.load_vocab(str(folder))
+        self._tokenizer.load_stopwords(str(folder))
+        self._doc_ids = self.corpus.id_list()
+
+    def _build(self, folder: Path) -> None:
+        import bm25s
+
+        log.info("building BM25 index of %d passages in %s", len(self.corpus), folder)
+        tokenizer = self._make_tokenizer()
+        token_ids: list[list[int]] = []
+        for _, _, texts in self.corpus.iter_batches(20_000):
+            token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
+        retriever = bm25s.BM25(k1=self.options.k1, b=self.options.b, method=self.options.method)
+        retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=False)
+        with atomic_dir(folder) as tmp:
+            retriever.save(str(tmp))
+            tokenizer.save_vocab(str(tmp))
+            tokenizer.save_stopwords(str(tmp))
+            write_json_atomic(tmp / "done.json", {"documents": len(self.corpus), **self.fingerprint()})
+
+    def _query_ids(self, texts: list[str]) -> list[list[int]]:
+        return self._tokenizer.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+
+    def search(self, queries: dict[str, str], depth: int) -> Hits:
+        """Top ``depth`` passages per query as (doc id, score), best first; ties broken by doc id."""
+        self._load()
+        qids = list(queries)
+        k = min(depth, len(self._doc_ids))
+        hits: Hits = {}
+        for qid, tokens in zip(qids, self._query_ids([queries[q] for q in qids])):
+            if not tokens:
+                hits[qid] = []
+                continue
+            scores = self._retriever.get_scores(tokens)
+            hits[qid] = _top_k(scores, k, self._doc_ids)
+        return hits
+
+    def score_pairs(self, queries: dict[str, str], pairs: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        """BM25 score of given passages for each query (for fusion teachers)."""
+        self._load()
+        row = self.corpus.row_index()
+        out = {}
+        qids = list(pairs)
+        for qid, tokens in zip(qids, self._query_ids([queries[q] for q in qids])):
+            rows = np.array([row[d] for d in pairs[qid]], dtype=np.int64)
+            scores = self._retriever.get_scores(tokens) if tokens else np.zeros(len(self._doc_ids), np.float32)
+            out[qid] = np.asarray(scores, dtype=np.float32)[rows]
+        return out
+
+
+def _top_k(scores: np.ndarray, k: int, doc_ids: list[str]) -> list[tuple[str, float]]:
+    scores = np.asarray(scores, dtype=np.float32)
+    nonzero = int(np.count_nonzero(scores))
+    k = min(k, nonzero)
+    if k == 0:
+        return []
+    idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    ranked = sorted(((float(scores[i]), doc_ids[i]) for i in idx), key=lambda t: (-t[0], t[1]))
+    return [(d, s) for s, d in ranked[:k]]

@@ -1,0 +1,93 @@
+"""The Python API for RAG stacks: load a saved index and search it.
+
+    from retrdistill import Retriever
+    retriever = Retriever.load("indexes/msmarco-sample")
+    hits = retriever.search("what is a synapse", k=5)   # [Hit(doc_id, score, text), ...]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrdistill.artefacts import read_manifest
+from retrdistill.errors import ManifestError
+
+
+@dataclass
+class Hit:
+    doc_id: str
+    score: float
+    text: str
+
+
+class Retriever:
+    def __init__(self, folder: Path, index, doc_ids: list[str], model, info: dict, corpus=None) -> None:
+        self.folder = folder
+        self.index = index
+        self.doc_ids = doc_ids
+        self.model = model
+        self.info = info
+        self._corpus = corpus
+
+    @classmethod
+    def load(cls, folder: str | Path, *, device: str | None = None) -> "Retriever":
+        from retrdistill.indexers.faiss_index import FlatIndexer, load_index
+        from retrdistill.models import load_sentence_transformer
+
+        folder = Path(folder)
+        manifest = read_manifest(folder)
+        if manifest is None or manifest.stage != "index":
+            raise ManifestError(f"{folder}: not a finished retrdistill index (no index manifest); run `retrdistill index`")
+        info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        index = load_index(folder / "index.faiss")
+        if info["indexer"] == "faiss-flat":
+            index = FlatIndexer(FlatIndexer.Options()).to_device(index)
+        doc_ids = (folder / "docids.txt").read_text(encoding="utf-8").splitlines()
+        model = load_sentence_transformer(_resolve(info["model"], folder), device=device)
+        if info.get("max_seq_length"):
+            model.max_seq_length = info["max_seq_length"]
+        return cls(folder, index, doc_ids, model, info)
+
+    @property
+    def corpus(self):
+        if self._corpus is None:
+            from retrdistill.data.beir import load_corpus
+
+            self._corpus = load_corpus(_resolve(self.info["corpus"], self.folder))
+        return self._corpus
+
+    def encode_queries(self, queries: list[str]) -> np.ndarray:
+        from retrdistill.encoding.engine import encode_texts
+
+        return encode_texts(self.model, queries, normalize=self.info["normalized"])
+
+    def batch_search_ids(self, queries: list[str], k: int = 10) -> tuple[np.ndarray, list[list[str]]]:
+        from retrdistill.indexers.faiss_index import search
+
+        scores, rows = search(self.index, self.encode_queries(queries), k)
+        return scores, [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
+
+    def batch_search(self, queries: list[str], k: int = 10, *, with_text: bool = True) -> list[list[Hit]]:
+        from retrdistill.indexers.faiss_index import search
+
+        scores, rows = search(self.index, self.encode_queries(queries), k)
+        wanted = sorted({int(r) for row in rows for r in row if r >= 0}) if with_text else []
+        texts = dict(zip(wanted, self.corpus.texts_at(wanted))) if wanted else {}
+        return [
+            [Hit(self.doc_ids[r], float(s), texts.get(int(r), "")) for s, r in zip(srow, rrow) if r >= 0]
+            for srow, rrow in zip(scores, rows)
+        ]
+
+    def search(self, query: str, k: int = 10, *, with_text: bool = True) -> list[Hit]:
+        return self.batch_search([query], k, with_text=with_text)[0]
+
+
+def _resolve(ref: str, folder: Path) -> str:
+    if ref.startswith("offline:"):
+        return ref
+    candidate = (folder / ref)
+    return str(candidate.resolve()) if candidate.exists() else ref

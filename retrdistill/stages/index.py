@@ -1,0 +1,79 @@
+"""Stage ``index``: encode the corpus with a model (the trained student by default) and build a FAISS index.
+
+The folder (under ``indexes/`` by default) holds ``index.faiss``, ``docids.txt`` (row -> doc id),
+``index.json`` (indexer, model, corpus, normalisation) and the manifest; :class:`retrdistill.Retriever` loads it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrdistill import registry
+from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
+from retrdistill.data.beir import open_collection
+from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
+from retrdistill.models import model_fingerprint
+from retrdistill.stages.base import StageResult, config_dict, execute
+
+
+@dataclass
+class IndexConfig:
+    indexer: str = "faiss-flat"
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    max_seq_length: int | None = None
+
+    def __post_init__(self) -> None:
+        registry.entry("indexer", self.indexer)
+
+
+def run_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir: str | Path, *,
+              cache_dir: str | Path, force: bool = False) -> StageResult:
+    collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
+    corpus = collection.corpus
+    indexer = registry.build("indexer", cfg.indexer, cfg.options)
+    settings = EncodeSettings(batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length)
+    inputs = {"corpus": corpus.fingerprint, "model": model_fingerprint(model)}
+    config = {**config_dict(cfg), "model": model}
+    config.pop("batch_size")
+    out_dir = Path(out_dir)
+
+    def body(tmp: Path) -> dict[str, Any]:
+        from retrdistill.indexers.faiss_index import save_index
+
+        encoder = load_encoder(model, settings)
+        store = corpus_embeddings(model, corpus, cache_dir, settings, model=encoder)
+        index = indexer.build(store.embeddings)
+        save_index(index, tmp / "index.faiss")
+        with atomic_path(tmp / "docids.txt") as part, open(part, "w", encoding="utf-8") as fh:
+            for start in range(0, len(corpus), 100_000):
+                fh.writelines(d + "\n" for d in corpus.dataset[start:start + 100_000]["_id"])
+        write_json_atomic(tmp / "index.json", {
+            "indexer": cfg.indexer,
+            "options": cfg.options,
+            "model": _portable(model, out_dir),
+            "max_seq_length": cfg.max_seq_length,
+            "normalized": store.normalized,
+            "corpus": _portable(str(corpus.path), out_dir),
+            "corpus_fingerprint": corpus.fingerprint,
+            "dim": int(store.embeddings.shape[1]),
+            "documents": len(corpus),
+        })
+        return {"documents": len(corpus), "dim": int(store.embeddings.shape[1]),
+                "index_bytes": (tmp / "index.faiss").stat().st_size}
+
+    return execute("index", out_dir, config, inputs, body, force=force)
+
+
+def _portable(ref: str, out_dir: Path) -> str:
+    """A local path relative to the index folder (so the folder can move with its model); else unchanged."""
+    path = Path(ref)
+    if ref.startswith("offline:") or not path.exists():
+        return ref
+    return os.path.relpath(path.resolve(), out_dir.resolve())
+
+
+__all__ = ["IndexConfig", "run_index", "fingerprint_obj"]

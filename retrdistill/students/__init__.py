@@ -1,0 +1,1 @@
+"""Students: the fast models being trained (registered in retrdistill.registry)."""

@@ -1,0 +1,187 @@
+"""Retrieval systems for evaluation rows: BM25, a dense model, a saved index, or the pipeline's teacher.
+
+Each system returns a run for the evaluation queries and the cost measured on this machine in the same call:
+``ms_per_query`` (query encoding + search, averaged over the queries), ``encode_passages_per_s`` (a fixed sample of
+passages), ``index_bytes`` and ``parameters``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrdistill.data.beir import Corpus
+
+Run = dict[str, dict[str, float]]
+COST_SAMPLE = 256  # passages timed for encode_passages_per_s
+
+
+@dataclass
+class SystemOutput:
+    run: Run
+    cost: dict[str, float | int | None] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def _parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _encode_rate(model, corpus: Corpus, normalize: bool) -> float:
+    from retrdistill.encoding.engine import encode_texts
+
+    rows = np.linspace(0, len(corpus) - 1, num=min(COST_SAMPLE, len(corpus)), dtype=np.int64)
+    texts = corpus.texts_at(sorted(set(rows.tolist())))
+    encode_texts(model, texts[:8], normalize=normalize)  # warm-up
+    started = time.perf_counter()
+    encode_texts(model, texts, normalize=normalize)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def _dense_run(model, index, corpus: Corpus, queries: dict[str, str], k: int, normalize: bool) -> tuple[Run, float]:
+    from retrdistill.encoding.engine import encode_texts
+    from retrdistill.indexers.faiss_index import search
+
+    qids = list(queries)
+    started = time.perf_counter()
+    q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=1 if len(qids) <= 1 else 32, normalize=normalize)
+    scores, rows = search(index, q_emb, k)
+    ms_per_query = 1000 * (time.perf_counter() - started) / max(1, len(qids))
+    doc_ids = corpus.id_list()
+    run = {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0} for i, q in enumerate(qids)}
+    return run, ms_per_query
+
+
+class BM25System:
+    """bm25s BM25 (the miner's index, shared through the cache)."""
+
+    @dataclass
+    class Options:
+        k1: float = 1.5
+        b: float = 0.75
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "BM25System":
+        return cls(options)
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+        from retrdistill.miners.bm25 import BM25Miner
+
+        miner = BM25Miner(BM25Miner.Options(k1=self.options.k1, b=self.options.b), corpus, cache_dir)
+        miner.search(dict(list(queries.items())[:1]), 1)  # load the index outside the timing
+        started = time.perf_counter()
+        hits = miner.search(queries, k)
+        ms = 1000 * (time.perf_counter() - started) / max(1, len(queries))
+        index_bytes = sum(f.stat().st_size for f in miner.index_dir.glob("*") if f.is_file())
+        return SystemOutput({q: dict(h) for q, h in hits.items()}, {"ms_per_query": ms, "index_bytes": index_bytes})
+
+
+class DenseSystem:
+    """Any SentenceTransformer model, corpus embeddings cached, exact FAISS search."""
+
+    @dataclass
+    class Options:
+        model: str = "offline:all-MiniLM-L6-v2"
+        batch_size: int = 64
+        max_seq_length: int | None = None
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "DenseSystem":
+        return cls(options)
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+        from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
+        from retrdistill.indexers.faiss_index import FlatIndexer
+        from retrdistill.models import model_fingerprint
+
+        settings = EncodeSettings(batch_size=self.options.batch_size, max_seq_length=self.options.max_seq_length)
+        model = load_encoder(self.options.model, settings)
+        store = corpus_embeddings(self.options.model, corpus, cache_dir, settings, model=model)
+        indexer = FlatIndexer(FlatIndexer.Options())
+        index = indexer.to_device(indexer.build(store.embeddings))
+        run, ms = _dense_run(model, index, corpus, queries, k, store.normalized)
+        cost = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(model)}
+        if measure_cost:
+            cost["encode_passages_per_s"] = _encode_rate(model, corpus, store.normalized)
+        return SystemOutput(run, cost, {"model": model_fingerprint(self.options.model)[:16]})
+
+
+class IndexSystem:
+    """A saved retrdistill index folder (e.g. the pipeline's distilled student)."""
+
+    @dataclass
+    class Options:
+        path: str = ""
+
+        def __post_init__(self) -> None:
+            if not self.path:
+                raise ValueError("'path' (an index folder) is required")
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "IndexSystem":
+        return cls(options)
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+        from retrdistill.artefacts import read_manifest
+        from retrdistill.retriever import Retriever
+
+        retriever = Retriever.load(self.options.path)
+        info = retriever.info
+        if info.get("corpus_fingerprint") not in (None, corpus.fingerprint):
+            from retrdistill.errors import ConfigError
+
+            raise ConfigError(f"index {self.options.path} was built on another corpus than the one evaluated")
+        run, ms = _dense_run(retriever.model, retriever.index, corpus, queries, k, info["normalized"])
+        cost = {"ms_per_query": ms, "index_bytes": (Path(self.options.path) / "index.faiss").stat().st_size,
+                "parameters": _parameters(retriever.model)}
+        if measure_cost:
+            cost["encode_passages_per_s"] = _encode_rate(retriever.model, corpus, info["normalized"])
+        manifest = read_manifest(self.options.path)
+        return SystemOutput(run, cost, {"index": manifest.fingerprint[:16] if manifest else ""})
+
+
+class TeacherSystem:
+    """A registered teacher as a retriever: bi-encoders search the corpus, cross-encoders re-rank BM25."""
+
+    @dataclass
+    class Options:
+        teacher: str = "bi-encoder"
+        options: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "TeacherSystem":
+        return cls(options)
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+        from retrdistill import registry
+        from retrdistill.artefacts import fingerprint_obj
+
+        teacher = registry.build("teacher", self.options.teacher, self.options.options, corpus=corpus, cache_dir=cache_dir)
+        teacher.retrieve(dict(list(queries.items())[:1]), 1)  # build/load what it needs outside the timing
+        started = time.perf_counter()
+        run = teacher.retrieve(queries, k)
+        ms = 1000 * (time.perf_counter() - started) / max(1, len(queries))
+        cost: dict[str, Any] = {"ms_per_query": ms}
+        model = getattr(teacher, "model", None)
+        if model is not None and hasattr(model, "parameters"):
+            cost["parameters"] = _parameters(model)
+        return SystemOutput(run, cost, {"teacher": fingerprint_obj(teacher.fingerprint())[:16]})
+
+

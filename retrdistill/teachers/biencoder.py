@@ -1,0 +1,91 @@
+"""A bi-encoder teacher: SentenceTransformer similarity of query and passage embeddings.
+
+With ``encode_corpus`` (default) the corpus is encoded once into the shared embedding cache, which then serves
+scoring, mining with the same model and the teacher's own leaderboard row. Without it, only candidate passages
+are encoded (for corpora too large to encode with a slow teacher).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrdistill.data.beir import Corpus
+from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder, should_normalize
+from retrdistill.encoding.engine import encode_texts
+from retrdistill.models import model_fingerprint
+
+Run = dict[str, dict[str, float]]
+
+
+class BiEncoderTeacher:
+    @dataclass
+    class Options:
+        model: str = "offline:all-mpnet-base-v2"
+        batch_size: int = 32
+        max_seq_length: int | None = None
+        encode_corpus: bool = True
+
+    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
+        self.options = options
+        self.corpus = corpus
+        self.cache_dir = Path(cache_dir)
+        self.settings = EncodeSettings(batch_size=options.batch_size, max_seq_length=options.max_seq_length, shard_size=1024)
+        self._model = None
+        self._row: dict[str, int] | None = None
+
+    @classmethod
+    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "BiEncoderTeacher":
+        return cls(options, corpus, cache_dir)
+
+    def fingerprint(self) -> dict:
+        opts = asdict(self.options)
+        opts.pop("batch_size")
+        opts.pop("encode_corpus")
+        return {"teacher": "bi-encoder", "model": model_fingerprint(self.options.model), "options": opts,
+                "corpus": self.corpus.fingerprint}
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_encoder(self.options.model, self.settings)
+        return self._model
+
+    def corpus_embeddings(self):
+        return corpus_embeddings(self.options.model, self.corpus, self.cache_dir, self.settings, model=self.model)
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return encode_texts(self.model, texts, batch_size=self.options.batch_size, normalize=should_normalize(self.model))
+
+    def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        qids = list(groups)
+        q_emb = self.encode_queries([queries[q] for q in qids])
+        if self.options.encode_corpus:
+            store = self.corpus_embeddings().embeddings
+            if self._row is None:
+                self._row = self.corpus.row_index()
+            return {
+                qid: store[np.array([self._row[d] for d in groups[qid]], dtype=np.int64)] @ q_emb[i]
+                for i, qid in enumerate(qids)
+            }
+        row = self._row if self._row is not None else self.corpus.row_index()
+        self._row = row
+        out = {}
+        for i, qid in enumerate(qids):
+            texts = self.corpus.texts_at([row[d] for d in groups[qid]])
+            d_emb = encode_texts(self.model, texts, batch_size=self.options.batch_size, normalize=should_normalize(self.model))
+            out[qid] = d_emb @ q_emb[i]
+        return out
+
+    def retrieve(self, queries: dict[str, str], k: int, **_: object) -> Run:
+        from retrdistill.indexers.faiss_index import FlatIndexer, search
+
+        store = self.corpus_embeddings()
+        indexer = FlatIndexer(FlatIndexer.Options())
+        index = indexer.to_device(indexer.build(store.embeddings))
+        qids = list(queries)
+        scores, rows = search(index, self.encode_queries([queries[q] for q in qids]), k)
+        doc_ids = self.corpus.id_list()
+        return {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0} for i, q in enumerate(qids)}

@@ -1,0 +1,71 @@
+"""A cross-encoder teacher: sentence-transformers ``CrossEncoder`` scores each (query, passage) pair.
+
+As a retriever (its leaderboard row) it re-ranks BM25's top ``rerank_depth`` passages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrdistill.data.beir import Corpus
+from retrdistill.encoding.engine import score_pairs
+from retrdistill.models import load_cross_encoder, model_fingerprint
+
+Run = dict[str, dict[str, float]]
+
+
+class CrossEncoderTeacher:
+    @dataclass
+    class Options:
+        model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
+        batch_size: int = 32
+        max_length: int | None = 512
+        rerank_depth: int = 100
+
+    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
+        self.options = options
+        self.corpus = corpus
+        self.cache_dir = Path(cache_dir)
+        self._model = None
+        self._row: dict[str, int] | None = None
+
+    @classmethod
+    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "CrossEncoderTeacher":
+        return cls(options, corpus, cache_dir)
+
+    def fingerprint(self) -> dict:
+        return {"teacher": "cross-encoder", "model": model_fingerprint(self.options.model),
+                "max_length": self.options.max_length, "corpus": self.corpus.fingerprint}
+
+    @property
+    def model(self):
+        if self._model is None:
+            kwargs = {"max_length": self.options.max_length} if self.options.max_length else {}
+            self._model = load_cross_encoder(self.options.model, **kwargs)
+        return self._model
+
+    def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        if self._row is None:
+            self._row = self.corpus.row_index()
+        pairs: list[tuple[str, str]] = []
+        spans = {}
+        for qid, docs in groups.items():
+            texts = self.corpus.texts_at([self._row[d] for d in docs])
+            spans[qid] = (len(pairs), len(pairs) + len(docs))
+            pairs.extend((queries[qid], t) for t in texts)
+        scores = score_pairs(self.model, pairs, batch_size=self.options.batch_size)
+        return {qid: scores[a:b] for qid, (a, b) in spans.items()}
+
+    def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
+        if first_stage is None:
+            from retrdistill.miners.bm25 import BM25Miner
+
+            bm25 = BM25Miner(BM25Miner.Options(), self.corpus, self.cache_dir)
+            hits = bm25.search(queries, self.options.rerank_depth)
+            first_stage = {q: dict(h) for q, h in hits.items()}
+        groups = {q: sorted(d, key=lambda x: -d[x])[: self.options.rerank_depth] for q, d in first_stage.items() if d}
+        scores = self.score_groups(queries, groups)
+        return {q: {d: float(s) for d, s in zip(groups[q], scores[q])} for q in groups}

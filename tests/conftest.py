@@ -1,0 +1,86 @@
+"""Shared fixtures: the bundled sample, a small real sub-collection of it, and offline models.
+
+Slow end-to-end tests (``@pytest.mark.slow``) run in CI (``CI=true``) or with ``--runslow``; a plain local
+``python -m pytest`` skips them, ``-m slow --runslow`` runs only them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "msmarco-dl-5k"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end test: runs in CI; locally use --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def small_collection(tmp_path_factory) -> Path:
+    """A real BEIR folder cut from the sample: every passage judged for 6 test queries plus 400 others."""
+    out = tmp_path_factory.mktemp("small-collection")
+    qrels_rows = [line.split("\t") for line in (SAMPLE / "qrels" / "test.tsv").read_text().splitlines()]
+    keep_q = sorted({r[0] for r in qrels_rows})[:6]
+    judged = {r[1] for r in qrels_rows if r[0] in keep_q}
+    lines = (SAMPLE / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    kept, others = [], 0
+    for line in lines:
+        doc = json.loads(line)
+        if doc["_id"] in judged:
+            kept.append(line)
+        elif others < 400:
+            kept.append(line)
+            others += 1
+    (out / "corpus.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    queries = [q for q in (SAMPLE / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in keep_q]
+    (out / "queries.jsonl").write_text("\n".join(queries) + "\n", encoding="utf-8")
+    (out / "qrels").mkdir()
+    (out / "qrels" / "test.tsv").write_text(
+        "".join("\t".join(r) + "\n" for r in qrels_rows if r[0] in keep_q), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    from retrdistill.models import resolve_model
+
+    return resolve_model("offline:all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory, minilm) -> str:
+    """A real cross-encoder checkpoint: all-MiniLM-L6-v2's encoder with a freshly initialised 1-logit head.
+
+    No relevance-trained cross-encoder is available offline; this exercises the real CrossEncoder code path
+    (save, load by path, predict) with real weights in the encoder.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("cross-encoder") / "model"
+    CrossEncoder(minilm, num_labels=1, max_length=128).save(str(path))
+    return str(path)

@@ -10,10 +10,12 @@ the current run would produce.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -31,12 +33,48 @@ _CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------- atomic writes
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Remove ``path``'s temporary siblings left by a killed process; returns how many were removed.
+
+    Temporaries are named ``.NAME.PID-XXXX.tmp`` (and ``.NAME.old-PID`` while a folder is swapped), so one whose
+    process no longer runs is known to be abandoned; those of live processes (a concurrent run) are left alone.
+    """
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = 0
+    for entry in path.parent.glob(glob.escape(prefix) + "*"):
+        m = re.fullmatch(r"(\d+)-[^/]*\.tmp|old-(\d+)", entry.name[len(prefix):])
+        if not m:
+            continue
+        pid = int(m.group(1) or m.group(2))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success it is fsynced and renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -44,10 +82,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if tmp.is_file():
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artefacts get the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -64,7 +109,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a folder under a temporary name and swap it into place when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():

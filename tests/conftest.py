@@ -45,7 +45,8 @@ def small_collection(tmp_path_factory) -> Path:
     qrels_rows = [line.split("\t") for line in (SAMPLE / "qrels" / "test.tsv").read_text().splitlines()]
     keep_q = sorted({r[0] for r in qrels_rows})[:6]
     judged = {r[1] for r in qrels_rows if r[0] in keep_q}
-    lines = (SAMPLE / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    # not splitlines(): passage texts contain U+0085 and U+2028, which it treats as line ends
+    lines = (SAMPLE / "corpus.jsonl").read_text(encoding="utf-8").rstrip("\n").split("\n")
     kept, others = [], 0
     for line in lines:
         doc = json.loads(line)

@@ -129,6 +129,6 @@ def test_missing_files_are_named(tmp_path):
 def test_corpus_is_memory_mapped_arrow(sample_dir, tmp_path):
     corpus = load_corpus(sample_dir / "corpus.jsonl", tmp_path)
     assert corpus.dataset.cache_files, "the corpus must be backed by an Arrow file, not Python lists"
-    first = json.loads((sample_dir / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    first = json.loads((sample_dir / "corpus.jsonl").read_text(encoding="utf-8").split("\n")[0])
     assert corpus.id_list()[0] == first["_id"]
     assert corpus.texts(0, 1) == [first["text"]]

@@ -54,6 +54,11 @@ def embeddings_key(model_ref: str, corpus: Corpus, settings: EncodeSettings) -> 
     })
 
 
+def embedding_dim(model) -> int:
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
 def load_encoder(model_ref: str, settings: EncodeSettings):
     model = load_sentence_transformer(model_ref)
     if settings.max_seq_length:
@@ -93,7 +98,7 @@ def corpus_embeddings(
                 np.save(fh, emb)
         bar.update(len(texts))
     bar.close()
-    dim = model.get_sentence_embedding_dimension()
+    dim = embedding_dim(model)
     with atomic_path(folder / "embeddings.npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         for start in starts:

@@ -109,7 +109,6 @@ class IVFIndexer(FaissIndexer):
         nlist = self.options.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index._quantizer_ref = quantizer  # keep the quantizer alive with the index
         return index
 
     def configure_search(self, index) -> None:

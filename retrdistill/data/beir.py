@@ -8,7 +8,10 @@ dicts. Every malformed line raises :class:`DataError` with file, line and what w
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]
 _ARROW_BATCH = 10_000
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)  # int() alone would also take "1_0", " 3" and non-ASCII digits
 
 
 def default_cache_dir() -> Path:
@@ -96,15 +100,15 @@ def _corpus_to_arrow(path: Path, arrow_path: Path, report: ReadReport) -> None:
     import pyarrow as pa
 
     schema = pa.schema([("_id", pa.string()), ("title", pa.string()), ("text", pa.string())])
-    seen: dict[str, int] = {}
+    # For the duplicate-id check: a 64-bit hash and the line of every row (16 bytes a document, not a dict of ids).
+    hashes, lines = array("q"), array("q")
     with atomic_path(arrow_path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
             batch: dict[str, list[str]] = {"_id": [], "title": [], "text": []}
             for lineno, obj in iter_json_objects(path, report):
                 doc_id = get_id(obj, path, lineno, report)
-                if doc_id in seen:
-                    raise DataError(path, lineno, f"duplicate document id {doc_id!r} (first on line {seen[doc_id]})")
-                seen[doc_id] = lineno
+                hashes.append(_id_hash(doc_id))
+                lines.append(lineno)
                 title = get_text(obj, path, lineno, "title", required=False)
                 text = get_text(obj, path, lineno, "text", required=True)
                 if not (title.strip() or text.strip()):
@@ -117,12 +121,41 @@ def _corpus_to_arrow(path: Path, arrow_path: Path, report: ReadReport) -> None:
                     batch = {k: [] for k in batch}
             if batch["_id"]:
                 writer.write_batch(pa.record_batch(batch, schema=schema))
-    report.rows = len(seen)
+        _check_duplicate_ids(path, tmp, hashes, lines)
+    report.rows = len(lines)
     if report.rows == 0:
         arrow_path.unlink()
         raise DataError(path, None, "the corpus holds no documents")
     if report.empty_texts:
         log.warning("%s: %d documents have an empty title and text (kept; they cannot be retrieved)", path, report.empty_texts)
+
+
+def _id_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def _check_duplicate_ids(path: Path, arrow_stream: Path, hashes: array, lines: array) -> None:
+    """Raise on the first line whose id an earlier line already had; rows sharing a hash are compared by id."""
+    import numpy as np
+    import pyarrow as pa
+
+    h = np.frombuffer(hashes, dtype=np.int64) if len(hashes) else np.zeros(0, np.int64)
+    order = np.argsort(h, kind="stable")
+    same = np.flatnonzero(h[order][1:] == h[order][:-1])
+    if not len(same):
+        return
+    rows = np.unique(np.concatenate([order[same], order[same + 1]]))
+    with pa.memory_map(str(arrow_stream)) as source:
+        ids = pa.ipc.open_stream(source).read_all().column("_id").take(pa.array(rows)).to_pylist()
+    first: dict[str, int] = {}
+    repeat: tuple[int, str, int] | None = None
+    for row, doc_id in zip(rows.tolist(), ids):
+        if doc_id not in first:
+            first[doc_id] = lines[row]
+        elif repeat is None or lines[row] < repeat[0]:
+            repeat = (lines[row], doc_id, first[doc_id])
+    if repeat is not None:
+        raise DataError(path, repeat[0], f"duplicate document id {repeat[1]!r} (first on line {repeat[2]})")
 
 
 def _write_report(arrow_path: Path, report: ReadReport) -> None:
@@ -214,6 +247,8 @@ def load_qrels(
         else:
             raise DataError(path, lineno, f"expected 3 tab-separated fields (query-id, corpus-id, grade) or 4 (TREC), got {len(fields)}")
         try:
+            if not _INTEGER.fullmatch(grade_text):
+                raise ValueError(grade_text)
             grade = int(grade_text)
         except ValueError:
             if first_content:

@@ -66,6 +66,9 @@ def iter_json_objects(path: Path, report: ReadReport) -> Iterator[tuple[int, dic
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(path, lineno, f"expected one JSON object per line: {exc.msg} at column {exc.colno}") from None
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting deeper than Python's stack
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise DataError(path, lineno, f"expected one JSON object per line: {problem}") from None
         if not isinstance(obj, dict):
             raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
@@ -82,9 +85,19 @@ def get_id(obj: dict[str, Any], path: Path, lineno: int, report: ReadReport, key
         value = str(value)
     if not value.strip():
         raise DataError(path, lineno, f"field {key!r} is empty")
-    if any(c in value for c in "\t\n\r ") :
+    if any(c.isspace() for c in value):
         raise DataError(path, lineno, f"field {key!r} ({value!r}) contains whitespace; ids must be single tokens (TREC runs)")
+    _check_unicode(value, path, lineno, key)
     return value
+
+
+def _check_unicode(value: str, path: Path, lineno: int, key: str) -> None:
+    """JSON can escape a lone surrogate (``"\\ud800"``), which no UTF-8 file or Arrow column can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(path, lineno, f"field {key!r} holds an unpaired surrogate escape "
+                                      f"(\\u{ord(value[exc.start]):04x} at character {exc.start}); expected valid Unicode") from None
 
 
 def get_text(obj: dict[str, Any], path: Path, lineno: int, key: str, *, required: bool) -> str:
@@ -95,4 +108,5 @@ def get_text(obj: dict[str, Any], path: Path, lineno: int, key: str, *, required
     value = obj[key]
     if not isinstance(value, str):
         raise DataError(path, lineno, f"field {key!r} must be a string, got {type(value).__name__}")
+    _check_unicode(value, path, lineno, key)
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,14 +68,14 @@ class BM25Miner:
         self._tokenizer = self._make_tokenizer()
         self._tokenizer.load_vocab(str(folder))
         self._tokenizer.load_stopwords(str(folder))
-        self._doc_ids = self.corpus.id_list()
+        self._doc_ids = self.corpus.dataset.data.column("_id")  # the memory-mapped Arrow column, not a list of str
 
     def _build(self, folder: Path) -> None:
         import bm25s
 
         log.info("building BM25 index of %d passages in %s", len(self.corpus), folder)
         tokenizer = self._make_tokenizer()
-        token_ids: list[list[int]] = []
+        token_ids = _PackedIds()
         for _, _, texts in self.corpus.iter_batches(20_000):
             token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
         retriever = bm25s.BM25(k1=self.options.k1, b=self.options.b, method=self.options.method)
@@ -115,12 +116,42 @@ class BM25Miner:
         return out
 
 
-def _top_k(scores: np.ndarray, k: int, doc_ids: list[str]) -> list[tuple[str, float]]:
+class _PackedIds:
+    """Every passage's token ids in one int32 array (4 bytes a token instead of a Python list per passage);
+    bm25s reads it as a sequence of lists."""
+
+    def __init__(self) -> None:
+        self.flat = array("i")
+        self.ends = array("q")
+
+    def extend(self, docs) -> None:
+        for ids in docs:
+            self.flat.extend(ids)
+            self.ends.append(len(self.flat))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> list[int]:
+        if i < 0:
+            i += len(self.ends)
+        return self.flat[self.ends[i - 1] if i else 0:self.ends[i]].tolist()
+
+    def __iter__(self):
+        start = 0
+        for end in self.ends:
+            yield self.flat[start:end].tolist()
+            start = end
+
+
+def _top_k(scores: np.ndarray, k: int, doc_ids) -> list[tuple[str, float]]:
+    """``doc_ids``: a list of ids or an Arrow column of them (only the ``k`` picked rows are converted)."""
     scores = np.asarray(scores, dtype=np.float32)
     nonzero = int(np.count_nonzero(scores))
     k = min(k, nonzero)
     if k == 0:
         return []
     idx = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    ranked = sorted(((float(scores[i]), doc_ids[i]) for i in idx), key=lambda t: (-t[0], t[1]))
+    names = doc_ids.take(idx).to_pylist() if hasattr(doc_ids, "take") else [doc_ids[i] for i in idx]
+    ranked = sorted(((float(scores[i]), d) for i, d in zip(idx, names)), key=lambda t: (-t[0], t[1]))
     return [(d, s) for s, d in ranked[:k]]

@@ -26,6 +26,7 @@ class DenseMiner:
         self.corpus = corpus
         self.cache_dir = Path(cache_dir)
         self.settings = EncodeSettings(batch_size=options.batch_size, max_seq_length=options.max_seq_length)
+        self._loaded = None  # (model, index, normalized, doc ids), built on the first search
 
     @classmethod
     def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "DenseMiner":
@@ -35,15 +36,20 @@ class DenseMiner:
         return {"miner": "dense", "options": {**asdict(self.options), "model": model_fingerprint(self.options.model)},
                 "corpus": self.corpus.fingerprint}
 
+    def _load(self):
+        if self._loaded is None:
+            model = load_encoder(self.options.model, self.settings)
+            store = corpus_embeddings(self.options.model, self.corpus, self.cache_dir, self.settings, model=model)
+            indexer = FlatIndexer(FlatIndexer.Options())
+            index = indexer.to_device(indexer.build(store.embeddings))
+            self._loaded = (model, index, store.normalized, self.corpus.id_list())
+        return self._loaded
+
     def search(self, queries: dict[str, str], depth: int) -> Hits:
-        model = load_encoder(self.options.model, self.settings)
-        store = corpus_embeddings(self.options.model, self.corpus, self.cache_dir, self.settings, model=model)
-        indexer = FlatIndexer(FlatIndexer.Options())
-        index = indexer.to_device(indexer.build(store.embeddings))
+        model, index, normalized, doc_ids = self._load()
         qids = list(queries)
-        q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=self.options.batch_size, normalize=store.normalized)
+        q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=self.options.batch_size, normalize=normalized)
         scores, rows = search(index, q_emb, depth)
-        doc_ids = self.corpus.id_list()
         return {
             qid: [(doc_ids[r], float(s)) for s, r in zip(scores[i], rows[i]) if r >= 0]
             for i, qid in enumerate(qids)

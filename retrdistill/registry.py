@@ -61,6 +61,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     ]),
     "student": _entries("student", [
         ("dense", "retrdistill.students.dense:DenseStudent", "a SentenceTransformer bi-encoder"),
+        ("pruned", "retrdistill.students.pruned:PrunedStudent",
+         "any transformer checkpoint cut to chosen layers, optional pooling and projection to a smaller width"),
     ]),
     "indexer": _entries("indexer", [
         ("faiss-flat", "retrdistill.indexers.faiss_index:FlatIndexer", "exact inner-product search (default)"),
@@ -72,6 +74,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("dense", "retrdistill.systems:DenseSystem", "a SentenceTransformer model, exact search (e.g. the base student)"),
         ("index", "retrdistill.systems:IndexSystem", "a saved retrdistill index folder (e.g. the distilled student)"),
         ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),
+        ("run", "retrdistill.systems:TrecRunSystem", "a TREC run file from another tool (pyserini, Anserini, ...)"),
     ]),
 }
 

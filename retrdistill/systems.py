@@ -185,3 +185,37 @@ class TeacherSystem:
         return SystemOutput(run, cost, {"teacher": fingerprint_obj(teacher.fingerprint())[:16]})
 
 
+
+
+class TrecRunSystem:
+    """A TREC run file made by another tool (pyserini, Anserini, trec_eval users) on the same leaderboard."""
+
+    @dataclass
+    class Options:
+        path: str = ""
+        on_duplicate: str = "error"  # or "keep-max": merge duplicate (query, doc) rows, counted in the log
+
+        def __post_init__(self) -> None:
+            if not self.path:
+                raise ValueError("'path' (a TREC run file) is required")
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "TrecRunSystem":
+        return cls(options)
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+        import logging
+
+        from retrdistill.artefacts import fingerprint_file
+        from retrdistill.evaluation.runs import read_trec_run, truncate
+
+        run = read_trec_run(self.options.path, on_duplicate=self.options.on_duplicate)
+        unknown = sorted(set(run) - set(queries))
+        if unknown:
+            logging.getLogger(__name__).warning("%s: %d run queries are not evaluation queries (ignored), e.g. %s",
+                                                self.options.path, len(unknown), unknown[0])
+        run = truncate({q: docs for q, docs in run.items() if q in queries}, k)
+        return SystemOutput(run, {}, {"run_file": fingerprint_file(self.options.path)[:16]})

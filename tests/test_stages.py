@@ -243,3 +243,21 @@ def test_eval_writes_runs_metrics_and_leaderboard(work, index_dir, tiny_cross_en
     assert (out / "leaderboard.html").read_text().startswith("<!DOCTYPE html>")
     assert run_eval(cfg, work["collection"], out, cache_dir=work["cache"]).skipped
     assert result.manifest.counts["judged_queries"] == 6
+
+
+def test_external_trec_run_sits_on_the_leaderboard(work, tmp_path):
+    """A run file written by another tool is evaluated exactly like the system that made it."""
+    first = run_eval(EvalConfig(systems=[{"name": "BM25", "type": "bm25"}], measure_cost=False), work["collection"],
+                     tmp_path / "eval-bm25", cache_dir=work["cache"])
+    external = tmp_path / "pyserini.trec"
+    external.write_text((first.out_dir / "runs" / "BM25.trec").read_text().replace(" BM25", " pyserini-bm25"))
+    second = run_eval(EvalConfig(systems=[{"name": "BM25", "type": "bm25"},
+                                          {"name": "imported", "type": "run", "options": {"path": str(external)}}],
+                                 baseline="BM25", measure_cost=False),
+                      work["collection"], tmp_path / "eval-imported", cache_dir=work["cache"])
+    systems = second.manifest.counts["systems"]
+    assert systems["imported"] == pytest.approx(systems["BM25"], abs=1e-9)
+    external.write_text("q1 Q0 d1 one 1.0 tag\n")
+    with pytest.raises(Exception, match="line 1"):
+        run_eval(EvalConfig(systems=[{"name": "imported", "type": "run", "options": {"path": str(external)}}],
+                            measure_cost=False), work["collection"], tmp_path / "eval-bad", cache_dir=work["cache"])

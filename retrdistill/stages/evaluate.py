@@ -76,6 +76,8 @@ def _system_input(spec: SystemSpec) -> str:
         if manifest is None:
             raise ConfigError(f"eval system {spec.name!r}: {spec.options.get('path')!r} is not a finished index")
         return manifest.fingerprint
+    if spec.type == "run":
+        return file_input(spec.options.get("path", ""))
     from retrdistill.models import model_fingerprint
 
     opts = dict(spec.options)

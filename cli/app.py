@@ -188,10 +188,13 @@ def index(
 
 @app.command("eval")
 def eval_(
-    collection: Annotated[Path, typer.Option(help="BEIR-format folder with qrels/<split>.tsv.")],
     out: Annotated[Path, typer.Option(help="Output folder (runs, results.json, leaderboard).")],
     system: Annotated[list[str], typer.Option(help="NAME=TYPE[:JSON options], e.g. 'BM25=bm25', 'student=index:{\"path\": \"indexes/x\"}'. Types: "
                                               + ", ".join(registry.names("system")))],
+    collection: Annotated[Optional[Path], typer.Option(help="BEIR-format folder with qrels/<split>.tsv.")] = None,
+    datasets: Annotated[Optional[list[Path]], typer.Option(
+        help="Instead of --collection: a folder of BEIR-format collections (or one collection); repeatable. "
+             "Writes OUT/datasets/<name>/ per dataset and OUT/leaderboard/ with per-dataset and mean rows.")] = None,
     split: str = "test",
     metric: Annotated[Optional[list[str]], typer.Option(help="Metric like ndcg@10; repeatable.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="System the others are tested against.")] = None,
@@ -199,10 +202,12 @@ def eval_(
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Evaluate systems with ranx and write the leaderboard."""
-    from retrdistill.stages.evaluate import EvalConfig, run_eval
+    """Evaluate systems with ranx on one collection or many, and write the leaderboard."""
+    from retrdistill.stages.evaluate import EvalConfig, run_eval, run_eval_datasets
 
     _setup(quiet)
+    if (collection is None) == (not datasets):
+        raise typer.BadParameter("give either --collection or --datasets (not both)")
     systems = []
     for spec in system:
         name, _, rest = spec.partition("=")
@@ -210,6 +215,12 @@ def eval_(
         systems.append({"name": name, "type": kind, "options": json.loads(raw) if raw else {}})
     kwargs = {"metrics": metric} if metric else {}
     cfg = _run(EvalConfig, split=split, systems=systems, baseline=baseline, **kwargs)
+    if datasets:
+        many = _run(run_eval_datasets, cfg, list(datasets), out, cache_dir=cache_dir, force=force)
+        for result in [*many.datasets.values(), many.leaderboard]:
+            _report(result)
+        typer.echo((many.leaderboard.out_dir / "leaderboard.md").read_text(encoding="utf-8"))
+        return
     result = _run(run_eval, cfg, collection, out, cache_dir=cache_dir, force=force)
     _report(result)
     typer.echo((result.out_dir / "leaderboard.md").read_text(encoding="utf-8"))
@@ -231,7 +242,7 @@ def run(
     results = _run(run_pipeline, spec, force=set(force or []), only=set(only or []))
     typer.echo(f"\npipeline {spec.name}:")
     for r in results:
-        state = "skipped (up to date)" if r.skipped else f"{r.manifest.seconds:8.1f}s"
+        state = "skipped (up to date)" if r.skipped else f"{r.seconds:8.1f}s"
         typer.echo(f"  {r.stage:<8} {state:>22}  {r.out_dir}")
     board = spec.out_dir("eval") / "leaderboard.md"
     if "eval" in spec.stages and board.is_file():

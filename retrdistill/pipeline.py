@@ -29,7 +29,7 @@ import yaml
 
 from retrdistill.errors import ConfigError
 from retrdistill.stages.base import StageResult
-from retrdistill.stages.evaluate import EvalConfig, run_eval
+from retrdistill.stages.evaluate import EvalConfig, run_eval, run_eval_datasets
 from retrdistill.stages.index import IndexConfig, run_index
 from retrdistill.stages.mine import MineConfig, run_mine
 from retrdistill.stages.queries import QueriesConfig, run_queries
@@ -197,6 +197,7 @@ def load_pipeline(path: str | Path, *, base_dir: str | Path | None = None) -> Pi
 def _resolve_eval_refs(pipeline: Pipeline, base: Path, path: Path) -> None:
     """``@index`` is the pipeline's index; a teacher system without options takes the score stage's teacher."""
     cfg: EvalConfig = pipeline.stages["eval"]
+    cfg.datasets = [str(safe_path(raw, base, path, None, "eval.datasets")) for raw in cfg.datasets]
     for system in cfg.systems:
         opts = system.setdefault("options", {}) or {}
         system["options"] = opts
@@ -227,7 +228,8 @@ RUNNERS = {
     "score": lambda p, cfg, kw: run_score(cfg, p.collection, p.out_dir("mine"), p.out_dir("score"), **kw),
     "train": lambda p, cfg, kw: run_train(cfg, p.out_dir("score"), p.collection, p.out_dir("train"), **kw),
     "index": lambda p, cfg, kw: run_index(cfg, p.collection, _index_model(p), p.out_dir("index"), **kw),
-    "eval": lambda p, cfg, kw: run_eval(cfg, p.collection, p.out_dir("eval"), **kw),
+    "eval": lambda p, cfg, kw: (run_eval_datasets(cfg, cfg.datasets, p.out_dir("eval"), **kw) if cfg.datasets
+                                else run_eval(cfg, p.collection, p.out_dir("eval"), **kw)),
 }
 
 

@@ -75,6 +75,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("index", "retrdistill.systems:IndexSystem", "a saved retrdistill index folder (e.g. the distilled student)"),
         ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),
         ("run", "retrdistill.systems:TrecRunSystem", "a TREC run file from another tool (pyserini, Anserini, ...)"),
+        ("fusion", "retrdistill.systems:FusedSystem", "systems listed before it fused with ranx (rrf, combsum, wsum, ...)"),
     ]),
 }
 

@@ -47,7 +47,7 @@ class Retriever:
         if info["indexer"] == "faiss-flat":
             index = FlatIndexer(FlatIndexer.Options()).to_device(index)
         doc_ids = (folder / "docids.txt").read_text(encoding="utf-8").splitlines()
-        model = load_sentence_transformer(_resolve(info["model"], folder), device=device)
+        model = load_sentence_transformer(resolve_reference(info["model"], folder), device=device)
         if info.get("max_seq_length"):
             model.max_seq_length = info["max_seq_length"]
         return cls(folder, index, doc_ids, model, info)
@@ -57,7 +57,7 @@ class Retriever:
         if self._corpus is None:
             from retrdistill.data.beir import load_corpus
 
-            self._corpus = load_corpus(_resolve(self.info["corpus"], self.folder))
+            self._corpus = load_corpus(resolve_reference(self.info["corpus"], self.folder))
         return self._corpus
 
     def encode_queries(self, queries: list[str]) -> np.ndarray:
@@ -86,7 +86,8 @@ class Retriever:
         return self.batch_search([query], k, with_text=with_text)[0]
 
 
-def _resolve(ref: str, folder: Path) -> str:
+def resolve_reference(ref: str, folder: Path) -> str:
+    """A model or corpus reference stored in index.json (relative to the index folder, or offline:NAME)."""
     if ref.startswith("offline:"):
         return ref
     candidate = (folder / ref)

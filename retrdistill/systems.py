@@ -141,17 +141,40 @@ class IndexSystem:
 
         retriever = Retriever.load(self.options.path)
         info = retriever.info
+        manifest = read_manifest(self.options.path)
+        provenance = {"index": manifest.fingerprint[:16] if manifest else ""}
         if info.get("corpus_fingerprint") not in (None, corpus.fingerprint):
-            from retrdistill.errors import ConfigError
-
-            raise ConfigError(f"index {self.options.path} was built on another corpus than the one evaluated")
+            # another dataset than the one indexed (a many-dataset evaluation): the index's model encodes this
+            # corpus (embeddings cached) and is searched exactly, as the index stage would build it here
+            return self._other_corpus(retriever, corpus, queries, k, cache_dir, measure_cost, provenance)
         run, ms = _dense_run(retriever.model, retriever.index, corpus, queries, k, info["normalized"])
         cost = {"ms_per_query": ms, "index_bytes": (Path(self.options.path) / "index.faiss").stat().st_size,
                 "parameters": _parameters(retriever.model)}
         if measure_cost:
             cost["encode_passages_per_s"] = _encode_rate(retriever.model, corpus, info["normalized"])
-        manifest = read_manifest(self.options.path)
-        return SystemOutput(run, cost, {"index": manifest.fingerprint[:16] if manifest else ""})
+        return SystemOutput(run, cost, provenance)
+
+    def _other_corpus(self, retriever, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path,
+                      measure_cost: bool, provenance: dict[str, str]) -> SystemOutput:
+        import logging
+
+        from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings
+        from retrdistill.indexers.faiss_index import FlatIndexer
+
+        from retrdistill.retriever import resolve_reference
+
+        model_path = resolve_reference(retriever.info["model"], retriever.folder)
+        logging.getLogger(__name__).info("index %s was built on another corpus: encoding this one with its model %s",
+                                         self.options.path, model_path)
+        settings = EncodeSettings(max_seq_length=retriever.info.get("max_seq_length"))
+        store = corpus_embeddings(model_path, corpus, cache_dir, settings, model=retriever.model)
+        indexer = FlatIndexer(FlatIndexer.Options())
+        run, ms = _dense_run(retriever.model, indexer.to_device(indexer.build(store.embeddings)), corpus, queries, k,
+                             store.normalized)
+        cost = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(retriever.model)}
+        if measure_cost:
+            cost["encode_passages_per_s"] = _encode_rate(retriever.model, corpus, store.normalized)
+        return SystemOutput(run, cost, {**provenance, "encoded_here": "flat"})
 
 
 class TeacherSystem:
@@ -219,3 +242,66 @@ class TrecRunSystem:
                                                 self.options.path, len(unknown), unknown[0])
         run = truncate({q: docs for q, docs in run.items() if q in queries}, k)
         return SystemOutput(run, {}, {"run_file": fingerprint_file(self.options.path)[:16]})
+
+
+class FusedSystem:
+    """Other systems of the same evaluation fused with ranx (rrf, combsum, combmnz, combmax, wsum).
+
+    ``systems`` names at least two systems listed before this one. Its cost is what serving it would cost: the
+    parts' ms per query and index bytes added (plus the fusion's own time), parameters added, passages/s the
+    harmonic combination of the parts' rates (every part encodes every passage) when all parts encode.
+    """
+
+    @dataclass
+    class Options:
+        systems: list[str] = field(default_factory=list)
+        method: str = "rrf"
+        weights: list[float] | None = None  # wsum: one per system
+        k: int = 60  # rrf
+        norm: str | None = "default"  # the method's own normalisation; see retrdistill.evaluation.fusion
+
+        def __post_init__(self) -> None:
+            from retrdistill.evaluation.fusion import FUSION_METHODS
+
+            if len(self.systems) < 2 or len(set(self.systems)) != len(self.systems):
+                raise ValueError(f"'systems' must name at least two distinct systems, got {self.systems!r}")
+            if self.method not in FUSION_METHODS:
+                raise ValueError(f"unknown fusion method {self.method!r}; expected one of: {', '.join(FUSION_METHODS)}")
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    @classmethod
+    def from_options(cls, options: Options, **_: object) -> "FusedSystem":
+        return cls(options)
+
+    @staticmethod
+    def combines(raw_options: dict[str, Any]) -> list[str]:
+        """The names of the systems this one is made from (read before the options are validated)."""
+        names = raw_options.get("systems", [])
+        return [str(n) for n in names] if isinstance(names, list) else []
+
+    def fuse(self, parts: dict[str, SystemOutput], k: int) -> SystemOutput:
+        from retrdistill.evaluation.fusion import fuse_runs
+        from retrdistill.evaluation.runs import truncate
+
+        outputs = [parts[name] for name in self.options.systems]
+        queries = max(1, len({q for out in outputs for q in out.run}))
+        started = time.perf_counter()
+        run = fuse_runs([out.run for out in outputs], self.options.method, norm=self.options.norm, k=self.options.k,
+                        weights=self.options.weights)
+        fuse_ms = 1000 * (time.perf_counter() - started) / queries
+        cost: dict[str, Any] = {}
+        if all("ms_per_query" in out.cost for out in outputs):
+            cost["ms_per_query"] = sum(out.cost["ms_per_query"] for out in outputs) + fuse_ms
+        for name in ("index_bytes", "parameters"):
+            values = [out.cost[name] for out in outputs if out.cost.get(name) is not None]
+            if values:
+                cost[name] = sum(values)
+        rates = [out.cost.get("encode_passages_per_s") for out in outputs]
+        encoders = [r for r in rates if r]
+        if encoders:
+            cost["encode_passages_per_s"] = 1.0 / sum(1.0 / r for r in encoders)
+        provenance = {f"{name}:{key}": value for name, out in zip(self.options.systems, outputs)
+                      for key, value in out.provenance.items()}
+        return SystemOutput(truncate(run, k), cost, provenance)

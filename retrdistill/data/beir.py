@@ -320,3 +320,30 @@ def open_collection(root: str | Path, cache_dir: str | Path | None = None) -> Co
     if not (root / "corpus.jsonl").is_file():
         raise DataError(root, None, "not a BEIR-format folder: corpus.jsonl is missing")
     return Collection(root=root, cache_dir=Path(cache_dir) if cache_dir else None)
+
+
+def find_collections(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """The BEIR-format collections named by ``paths``, by dataset name (the folder's name), in the order given.
+
+    Each path is either a collection (a folder with ``corpus.jsonl``) or a datasets directory whose immediate
+    sub-folders holding a ``corpus.jsonl`` are collections (taken in name order; other entries are ignored).
+    Two collections with the same folder name, or a path that holds none, are errors naming the path.
+    """
+    found: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        if (path / "corpus.jsonl").is_file():
+            members = [path]
+        elif path.is_dir():
+            members = sorted(p for p in path.iterdir() if p.is_dir() and (p / "corpus.jsonl").is_file())
+            if not members:
+                raise DataError(path, None, "holds no BEIR-format collection: expected corpus.jsonl here or in its sub-folders")
+        else:
+            raise DataError(path, None, "not found: expected a BEIR-format folder or a folder of them")
+        for member in members:
+            name = member.name
+            if name in found and found[name].resolve() != member.resolve():
+                raise DataError(member, None, f"a second dataset named {name!r} (the first is {found[name]}); "
+                                              f"dataset names come from folder names and must differ")
+            found[name] = member
+    return found

@@ -40,6 +40,9 @@ class EvalConfig:
     correction: str = "holm"
     measure_cost: bool = True
     dataset_name: str | None = None
+    # BEIR-format collections, or folders of them, evaluated in one call (per-dataset and mean rows); empty: the
+    # one collection the stage is given. Paths are inputs, not config: each dataset's artefact keys on its content.
+    datasets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from retrdistill.evaluation.metrics import validate_metrics
@@ -52,7 +55,13 @@ class EvalConfig:
             unknown = set(raw) - {"name", "type", "options"}
             if unknown:
                 raise ConfigError(f"eval system {raw['name']!r}: unknown key(s) {', '.join(sorted(unknown))}; expected name, type, options")
-            registry.entry("system", raw["type"])
+            cls = registry.entry("system", raw["type"]).load()
+            combines = getattr(cls, "combines", None)
+            if combines is not None:  # a fused system: its parts must be listed before it
+                for part in combines(dict(raw.get("options") or {})):
+                    if part not in names:
+                        raise ConfigError(f"eval system {raw['name']!r} fuses {part!r}, which is not a system listed "
+                                          f"before it; listed before: {', '.join(names) or 'none'}")
             names.append(raw["name"])
         if len(set(names)) != len(names):
             raise ConfigError(f"eval systems need distinct names, got: {', '.join(names)}")
@@ -67,6 +76,13 @@ class EvalConfig:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "system"
+
+
+def _key_config(cfg: EvalConfig) -> dict[str, Any]:
+    """The config keying an eval artefact; ``datasets`` (paths) is not part of it, each dataset's content is."""
+    config = config_dict(cfg)
+    config.pop("datasets", None)
+    return config
 
 
 def _system_input(spec: SystemSpec) -> str:
@@ -102,7 +118,7 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
     inputs = {"corpus": collection.corpus.fingerprint, "queries": file_input(collection.root / "queries.jsonl"),
               "qrels": file_input(collection.qrels_path(cfg.split))}
     inputs.update({f"system:{s.name}": _system_input(s) for s in specs})
-    config = config_dict(cfg)
+    config = _key_config(cfg)
 
     def body(tmp: Path) -> dict[str, Any]:
         qrels, qrels_report = collection.qrels(cfg.split, check_corpus=True)
@@ -114,7 +130,10 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
         for spec in specs:
             system = registry.build("system", spec.type, spec.options)
             log.info("eval: running %s (%s) on %d queries", spec.name, spec.type, len(judged))
-            out = system.run(corpus, judged, cfg.depth, Path(cache_dir), cfg.measure_cost)
+            if hasattr(system, "fuse"):
+                out = system.fuse(rows, cfg.depth)
+            else:
+                out = system.run(corpus, judged, cfg.depth, Path(cache_dir), cfg.measure_cost)
             write_trec_run(tmp / "runs" / f"{_slug(spec.name)}.trec", out.run, tag=_slug(spec.name))
             results[spec.name] = evaluate(qrels, out.run, cfg.metrics)
             rows[spec.name] = out
@@ -151,3 +170,76 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
                 "systems": {name: res.mean for name, res in results.items()}}
 
     return execute("eval", out_dir, config, inputs, body, force=force)
+
+
+@dataclass
+class DatasetsResult:
+    """A many-dataset evaluation: each dataset's eval artefact and the combined leaderboard artefact."""
+
+    datasets: dict[str, StageResult]
+    leaderboard: StageResult
+
+    # the pipeline reports it like any stage result
+    @property
+    def stage(self) -> str:
+        return "eval"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.leaderboard.out_dir.parent
+
+    @property
+    def manifest(self):
+        return self.leaderboard.manifest
+
+    @property
+    def skipped(self) -> bool:
+        return self.leaderboard.skipped and all(r.skipped for r in self.datasets.values())
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in [*self.datasets.values(), self.leaderboard])
+
+
+def run_eval_datasets(cfg: EvalConfig, datasets: list[str | Path], out_dir: str | Path, *, cache_dir: str | Path,
+                      force: bool = False) -> DatasetsResult:
+    """Evaluate the same systems on several BEIR-format collections in one call.
+
+    ``datasets``: collections or folders of collections (see :func:`retrdistill.data.beir.find_collections`).
+    Writes ``OUT/datasets/<name>/`` (one eval artefact per dataset: runs, results.json, its leaderboard and
+    manifest, so an interrupted call resumes at the first unfinished dataset) and ``OUT/leaderboard/`` (the
+    combined leaderboard: per-dataset rows with their significance tests, and each system's mean over the
+    datasets; JSON, Markdown and HTML; its manifest keys on the per-dataset manifests).
+    """
+    from dataclasses import replace
+
+    from retrdistill.data.beir import find_collections
+    from retrdistill.evaluation import leaderboard as lb
+
+    found = find_collections(list(datasets))
+    out_dir = Path(out_dir)
+    per_dataset: dict[str, StageResult] = {}
+    bar = progress.bar(len(found), "eval datasets", "dataset")
+    for name, root in found.items():
+        log.info("eval: dataset %s (%s)", name, root)
+        per_dataset[name] = run_eval(replace(cfg, datasets=[], dataset_name=name), root, out_dir / "datasets" / name,
+                                     cache_dir=cache_dir, force=force)
+        bar.update()
+    bar.close()
+    config = {"datasets": list(found), "metrics": list(cfg.metrics), "baseline": cfg.baseline, "split": cfg.split}
+    inputs = {f"eval:{name}": r.manifest.fingerprint for name, r in per_dataset.items()}
+
+    def body(tmp: Path) -> dict[str, Any]:
+        board = lb.Leaderboard(title=f"retrdistill — {len(found)} datasets ({cfg.split})", baseline=cfg.baseline,
+                               metric_order=list(cfg.metrics))
+        for name, result in per_dataset.items():
+            for row in lb.load_leaderboard(result.out_dir / "leaderboard.json").rows:
+                board.add(row)
+        lb.write_json(board, tmp / "leaderboard.json")
+        lb.write_markdown(board, tmp / "leaderboard.md")
+        lb.write_html(board, tmp / "leaderboard.html")
+        return {"datasets": len(found), "rows": len(board.rows),
+                "mean": {r.system: r.metrics for r in board.mean_rows()}}
+
+    combined = execute("leaderboard", out_dir / "leaderboard", config, inputs, body, force=force)
+    return DatasetsResult(per_dataset, combined)

@@ -12,7 +12,8 @@ does not hide another's; each child reports:
   memory-mapped files (the Arrow corpus, ``embeddings.npy``), which the kernel can drop at any time;
 * ``baseline_rss_mb``: RSS after the step's imports, before any work;
 * ``data_mb``: the bytes the step is allowed to hold because they are its product or its input
-  (embeddings for encoding, embeddings + FAISS index for the index build, the BM25 index arrays for BM25);
+  (embeddings for encoding, embeddings + FAISS index for the index build, the BM25 index arrays for BM25, the
+  id -> row table for ``rows``);
 * ``overhead_mb``: ``peak_rss_mb - baseline_rss_mb - data_mb``, which should stay flat as the corpus grows.
 
 The result is written atomically to ``benchmarks/results/memory.json``.
@@ -211,8 +212,20 @@ def child(step: str, n: int, work: Path) -> dict:
                 extra["queries"] = len(hits)
                 extra["mean_hits"] = round(sum(len(h) for h in hits.values()) / len(hits), 1)
             data_bytes = _dir_bytes(miner.index_dir)
-            anon_data_bytes = data_bytes if step == "bm25-build" else 0  # built in RAM; searched memory-mapped
+            anon_data_bytes = 0  # written through memory-mapped files by the streamed build; searched memory-mapped
             extra["bm25_index_mb"] = round(data_bytes / MB, 1)
+        elif step == "rows":
+            import random
+
+            corpus = load_corpus(corpus_file, cache / "corpora")
+            for stale in (cache / "corpora").glob("*.rows.npy"):
+                stale.unlink()
+            lookup = corpus.row_index()  # builds the id -> row table, then memory-maps it
+            picked = random.Random(0).sample(range(n), 10_000)
+            ids = corpus.ids_at(sorted(picked))
+            assert lookup.rows_of(ids).tolist() == sorted(picked)
+            data_bytes = sum(p.stat().st_size for p in (cache / "corpora").glob("*.rows.npy"))
+            extra.update(lookups=len(ids), rows_table_mb=round(data_bytes / MB, 1))
         else:
             raise SystemExit(f"unknown step {step!r}")
     seconds = time.perf_counter() - started
@@ -299,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encode-sizes", default="100000,300000",
                     help="corpus sizes for encoding and the index build (1M encoding with the tiny model takes "
                          "longer than the benchmark's budget on 2 cores)")
-    ap.add_argument("--steps", default="load,encode,index,bm25-build,bm25-search")
+    ap.add_argument("--steps", default="load,rows,encode,index,bm25-build,bm25-search")
     ap.add_argument("--work", default="/tmp/retrdistill-memory-bench", help="scratch folder (several GB at 1M)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
     ap.add_argument("--reuse", help="an earlier result JSON: its rows for (step, size) pairs not run now are kept")

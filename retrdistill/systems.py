@@ -52,8 +52,7 @@ def _dense_run(model, index, corpus: Corpus, queries: dict[str, str], k: int, no
     q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=1 if len(qids) <= 1 else 32, normalize=normalize)
     scores, rows = search(index, q_emb, k)
     ms_per_query = 1000 * (time.perf_counter() - started) / max(1, len(qids))
-    doc_ids = corpus.id_list()
-    run = {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0} for i, q in enumerate(qids)}
+    run = {q: dict(hits) for q, hits in zip(qids, corpus.hits(scores, rows))}
     return run, ms_per_query
 
 

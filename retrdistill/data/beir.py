@@ -8,15 +8,17 @@ dicts. Every malformed line raises :class:`DataError` with file, line and what w
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from retrdistill.artefacts import atomic_path, fingerprint_file
+from retrdistill.data.row_lookup import RowLookup, id_hash
 from retrdistill.data.jsonl import ReadReport, get_id, get_text, iter_json_objects, iter_lines
 from retrdistill.errors import DataError
 
@@ -46,6 +48,7 @@ class Corpus:
     fingerprint: str
     dataset: object  # datasets.Dataset
     report: ReadReport
+    _rows: RowLookup | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,9 +72,29 @@ class Corpus:
             rows = self.dataset[start:start + batch_size]
             yield start, list(rows["_id"]), [passage_text(t, x) for t, x in zip(rows["title"], rows["text"])]
 
-    def row_index(self) -> dict[str, int]:
-        """doc id -> row. Built on demand (one dict entry per passage)."""
-        return {doc_id: i for i, doc_id in enumerate(self.id_list())}
+    def row_index(self) -> RowLookup:
+        """doc id -> row, as a read-only mapping backed by a memory-mapped hash table (16 bytes a passage,
+        built once beside the Arrow cache), not a dict of every id."""
+        if self._rows is None:
+            files = getattr(self.dataset, "cache_files", None) or []
+            cache = Path(files[0]["filename"]).with_suffix(".rows.npy") if files else None
+            self._rows = RowLookup.open(self.dataset.data.column("_id"), cache)
+        return self._rows
+
+    def ids_at(self, rows: Sequence[int]) -> list[str]:
+        """The ids of the given rows (only those are converted from the Arrow column)."""
+        import pyarrow as pa
+
+        if len(rows) == 0:
+            return []
+        return self.dataset.data.column("_id").take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[tuple[str, float]]]:
+        """Search results ``(scores, rows)`` of shape (queries, k) as (doc id, score) lists; rows < 0 dropped."""
+        wanted = np.unique(rows[rows >= 0])
+        ids = dict(zip(wanted.tolist(), self.ids_at(wanted)))
+        return [[(ids[r], float(s)) for s, r in zip(srow.tolist(), rrow.tolist()) if r >= 0]
+                for srow, rrow in zip(scores, rows)]
 
 
 def load_corpus(path: str | Path, cache_dir: str | Path | None = None) -> Corpus:
@@ -107,7 +130,7 @@ def _corpus_to_arrow(path: Path, arrow_path: Path, report: ReadReport) -> None:
             batch: dict[str, list[str]] = {"_id": [], "title": [], "text": []}
             for lineno, obj in iter_json_objects(path, report):
                 doc_id = get_id(obj, path, lineno, report)
-                hashes.append(_id_hash(doc_id))
+                hashes.append(id_hash(doc_id))
                 lines.append(lineno)
                 title = get_text(obj, path, lineno, "title", required=False)
                 text = get_text(obj, path, lineno, "text", required=True)
@@ -128,10 +151,6 @@ def _corpus_to_arrow(path: Path, arrow_path: Path, report: ReadReport) -> None:
         raise DataError(path, None, "the corpus holds no documents")
     if report.empty_texts:
         log.warning("%s: %d documents have an empty title and text (kept; they cannot be retrieved)", path, report.empty_texts)
-
-
-def _id_hash(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 def _check_duplicate_ids(path: Path, arrow_stream: Path, hashes: array, lines: array) -> None:
@@ -219,7 +238,7 @@ def load_qrels(
     path: str | Path,
     *,
     query_ids: set[str] | dict | None = None,
-    corpus_ids: set[str] | dict | None = None,
+    corpus_ids: Container[str] | None = None,
 ) -> tuple[Qrels, QrelsReport]:
     """Read a qrels file with or without a header line.
 

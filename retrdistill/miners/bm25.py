@@ -73,8 +73,18 @@ class BM25Miner:
     def _build(self, folder: Path) -> None:
         import bm25s
 
+        from retrdistill.miners.bm25_build import STREAMED_METHODS, build_bm25_streamed
+
         log.info("building BM25 index of %d passages in %s", len(self.corpus), folder)
         tokenizer = self._make_tokenizer()
+        if self.options.method in STREAMED_METHODS:  # bounded memory, same files as bm25s's own build
+            with atomic_dir(folder) as tmp:
+                build_bm25_streamed(self.corpus, tokenizer, tmp, k1=self.options.k1, b=self.options.b,
+                                    method=self.options.method)
+                tokenizer.save_vocab(str(tmp))
+                tokenizer.save_stopwords(str(tmp))
+                write_json_atomic(tmp / "done.json", {"documents": len(self.corpus), **self.fingerprint()})
+            return
         token_ids = _PackedIds()
         for _, _, texts in self.corpus.iter_batches(20_000):
             token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))

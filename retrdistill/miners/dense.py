@@ -42,15 +42,12 @@ class DenseMiner:
             store = corpus_embeddings(self.options.model, self.corpus, self.cache_dir, self.settings, model=model)
             indexer = FlatIndexer(FlatIndexer.Options())
             index = indexer.to_device(indexer.build(store.embeddings))
-            self._loaded = (model, index, store.normalized, self.corpus.id_list())
+            self._loaded = (model, index, store.normalized)
         return self._loaded
 
     def search(self, queries: dict[str, str], depth: int) -> Hits:
-        model, index, normalized, doc_ids = self._load()
+        model, index, normalized = self._load()
         qids = list(queries)
         q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=self.options.batch_size, normalize=normalized)
         scores, rows = search(index, q_emb, depth)
-        return {
-            qid: [(doc_ids[r], float(s)) for s, r in zip(scores[i], rows[i]) if r >= 0]
-            for i, qid in enumerate(qids)
-        }
+        return dict(zip(qids, self.corpus.hits(scores, rows)))

@@ -87,5 +87,4 @@ class BiEncoderTeacher:
         index = indexer.to_device(indexer.build(store.embeddings))
         qids = list(queries)
         scores, rows = search(index, self.encode_queries([queries[q] for q in qids]), k)
-        doc_ids = self.corpus.id_list()
-        return {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0} for i, q in enumerate(qids)}
+        return {q: dict(hits) for q, hits in zip(qids, self.corpus.hits(scores, rows))}

@@ -183,6 +183,12 @@ def truncated(model, dim: int):
     return out
 
 
+def _warmup(ratio: float):
+    """``warmup_steps`` for the trainer: transformers 5 reads a float in (0, 1) as a ratio of the training steps
+    (its ``warmup_ratio`` is deprecated)."""
+    return float(ratio) if 0 < ratio < 1 else int(ratio)
+
+
 def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Path, out_dir: str | Path, *,
               cache_dir: str | Path, force: bool = False) -> StageResult:
     student = registry.build("student", cfg.student, cfg.options)
@@ -238,7 +244,7 @@ def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Pa
             max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
-            warmup_ratio=cfg.warmup_ratio,
+            warmup_steps=_warmup(cfg.warmup_ratio),  # transformers 5: a float below 1 is a ratio of the steps
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
             data_seed=cfg.seed,

@@ -187,3 +187,32 @@ def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages
     baseline = SentenceTransformer(str(tmp_path / "baseline"))
     assert baseline.get_embedding_dimension() == 128 and read_manifest(tmp_path / "baseline").stage == "student"
     assert run_train(cfg, tmp_path / "s", passages, tmp_path / "student", cache_dir=cache).skipped
+
+
+def test_embedding_teacher_other_than_the_scoring_teacher(passages, tmp_path):
+    """Scores from one teacher, embeddings from another (e.g. a 6-layer assistant for a 3-layer student)."""
+    from retrdistill.stages.mine import MineConfig, run_mine
+    from retrdistill.stages.queries import QueriesConfig, run_queries
+    from retrdistill.stages.score import ScoreConfig, run_score
+    from retrdistill.stages.train import TrainConfig, run_train
+
+    cache = tmp_path / "cache"
+    run_queries(QueriesConfig(options={"num_queries": 8, "seed": 3}), passages, tmp_path / "q", cache_dir=cache)
+    run_mine(MineConfig(miner="bm25", depth=20, negatives=3, rank_max=20), passages, tmp_path / "q", tmp_path / "c",
+             cache_dir=cache)
+    run_score(ScoreConfig(options=TEACHER), passages, tmp_path / "c", tmp_path / "s", cache_dir=cache)
+    other = {"model": "offline:tiny-bert-mlm", "max_seq_length": 64}
+    cfg = TrainConfig(student="pruned", options={"model": "offline:all-MiniLM-L6-v2", "layers": [0, 5],
+                                                 "max_seq_length": 64},
+                      negatives_per_query=3, max_steps=2, batch_size=4, learning_rate=1e-4, embedding_distill=1.0,
+                      embedding_options={"distance": "cosine", "teacher": "bi-encoder", "teacher_options": other})
+    result = run_train(cfg, tmp_path / "s", passages, tmp_path / "student", cache_dir=cache)
+    counts = result.manifest.counts
+    assert counts["teacher_dim"] == 128 and counts["dim"] == 384  # the tiny BERT's width, through a projection
+    assert set(counts["last_batch_parts"]) == {"MarginMSELoss", "embedding"}
+    tiny = registry.build("teacher", "bi-encoder", other, corpus=open_collection(passages, cache / "corpora").corpus,
+                          cache_dir=cache)
+    from retrdistill.artefacts import fingerprint_obj
+
+    assert result.manifest.inputs["embedding_teacher"] == fingerprint_obj(tiny.fingerprint())
+    assert result.manifest.inputs["embedding_teacher"] != read_manifest(tmp_path / "s").inputs.get("teacher")

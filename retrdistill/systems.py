@@ -56,6 +56,21 @@ def _dense_run(model, index, corpus: Corpus, queries: dict[str, str], k: int, no
     return run, ms_per_query
 
 
+def _encode_and_search(model, model_ref: str, settings, corpus: Corpus, queries: dict[str, str], k: int,
+                       cache_dir: Path, measure_cost: bool) -> tuple[Run, dict[str, Any]]:
+    """``model``'s cached corpus embeddings searched exactly (flat FAISS), and the cost of doing so."""
+    from retrdistill.encoding.corpus import corpus_embeddings
+    from retrdistill.indexers.faiss_index import FlatIndexer
+
+    store = corpus_embeddings(model_ref, corpus, cache_dir, settings, model=model)
+    indexer = FlatIndexer(FlatIndexer.Options())
+    run, ms = _dense_run(model, indexer.to_device(indexer.build(store.embeddings)), corpus, queries, k, store.normalized)
+    cost: dict[str, Any] = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(model)}
+    if measure_cost:
+        cost["encode_passages_per_s"] = _encode_rate(model, corpus, store.normalized)
+    return run, cost
+
+
 class BM25System:
     """bm25s BM25 (the miner's index, shared through the cache)."""
 
@@ -100,19 +115,12 @@ class DenseSystem:
         return cls(options)
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
-        from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
-        from retrdistill.indexers.faiss_index import FlatIndexer
+        from retrdistill.encoding.corpus import EncodeSettings, load_encoder
         from retrdistill.models import model_fingerprint
 
         settings = EncodeSettings(batch_size=self.options.batch_size, max_seq_length=self.options.max_seq_length)
         model = load_encoder(self.options.model, settings)
-        store = corpus_embeddings(self.options.model, corpus, cache_dir, settings, model=model)
-        indexer = FlatIndexer(FlatIndexer.Options())
-        index = indexer.to_device(indexer.build(store.embeddings))
-        run, ms = _dense_run(model, index, corpus, queries, k, store.normalized)
-        cost = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(model)}
-        if measure_cost:
-            cost["encode_passages_per_s"] = _encode_rate(model, corpus, store.normalized)
+        run, cost = _encode_and_search(model, self.options.model, settings, corpus, queries, k, cache_dir, measure_cost)
         return SystemOutput(run, cost, {"model": model_fingerprint(self.options.model)[:16]})
 
 
@@ -157,22 +165,14 @@ class IndexSystem:
                       measure_cost: bool, provenance: dict[str, str]) -> SystemOutput:
         import logging
 
-        from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings
-        from retrdistill.indexers.faiss_index import FlatIndexer
-
+        from retrdistill.encoding.corpus import EncodeSettings
         from retrdistill.retriever import resolve_reference
 
         model_path = resolve_reference(retriever.info["model"], retriever.folder)
         logging.getLogger(__name__).info("index %s was built on another corpus: encoding this one with its model %s",
                                          self.options.path, model_path)
         settings = EncodeSettings(max_seq_length=retriever.info.get("max_seq_length"))
-        store = corpus_embeddings(model_path, corpus, cache_dir, settings, model=retriever.model)
-        indexer = FlatIndexer(FlatIndexer.Options())
-        run, ms = _dense_run(retriever.model, indexer.to_device(indexer.build(store.embeddings)), corpus, queries, k,
-                             store.normalized)
-        cost = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(retriever.model)}
-        if measure_cost:
-            cost["encode_passages_per_s"] = _encode_rate(retriever.model, corpus, store.normalized)
+        run, cost = _encode_and_search(retriever.model, model_path, settings, corpus, queries, k, cache_dir, measure_cost)
         return SystemOutput(run, cost, {**provenance, "encoded_here": "flat"})
 
 

@@ -155,6 +155,8 @@ def test_train_config_key_is_unchanged_by_the_new_defaults():
         TrainConfig(embedding_options={"metric": "mse"})
     with pytest.raises(ValueError, match="every loss weight is 0"):
         TrainConfig(loss_weight=0.0)
+    with pytest.raises(ValueError, match="warmup_ratio is a fraction"):
+        TrainConfig(warmup_ratio=1.5)
 
 
 def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages, tmp_path):

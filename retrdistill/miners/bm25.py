@@ -71,30 +71,29 @@ class BM25Miner:
         self._doc_ids = self.corpus.dataset.data.column("_id")  # the memory-mapped Arrow column, not a list of str
 
     def _build(self, folder: Path) -> None:
-        import bm25s
-
         from retrdistill.miners.bm25_build import STREAMED_METHODS, build_bm25_streamed
 
         log.info("building BM25 index of %d passages in %s", len(self.corpus), folder)
         tokenizer = self._make_tokenizer()
-        if self.options.method in STREAMED_METHODS:  # bounded memory, same files as bm25s's own build
-            with atomic_dir(folder) as tmp:
+        with atomic_dir(folder) as tmp:
+            if self.options.method in STREAMED_METHODS:  # bounded memory, the same files as bm25s's own build
                 build_bm25_streamed(self.corpus, tokenizer, tmp, k1=self.options.k1, b=self.options.b,
                                     method=self.options.method)
-                tokenizer.save_vocab(str(tmp))
-                tokenizer.save_stopwords(str(tmp))
-                write_json_atomic(tmp / "done.json", {"documents": len(self.corpus), **self.fingerprint()})
-            return
+            else:  # bm25l / bm25+ need bm25s's non-occurrence array: its in-memory build
+                self._build_in_memory(tokenizer, tmp)
+            tokenizer.save_vocab(str(tmp))
+            tokenizer.save_stopwords(str(tmp))
+            write_json_atomic(tmp / "done.json", {"documents": len(self.corpus), **self.fingerprint()})
+
+    def _build_in_memory(self, tokenizer, out: Path) -> None:
+        import bm25s
+
         token_ids = _PackedIds()
         for _, _, texts in self.corpus.iter_batches(20_000):
             token_ids.extend(tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=False))
         retriever = bm25s.BM25(k1=self.options.k1, b=self.options.b, method=self.options.method)
         retriever.index(bm25s.tokenization.Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=False)
-        with atomic_dir(folder) as tmp:
-            retriever.save(str(tmp))
-            tokenizer.save_vocab(str(tmp))
-            tokenizer.save_stopwords(str(tmp))
-            write_json_atomic(tmp / "done.json", {"documents": len(self.corpus), **self.fingerprint()})
+        retriever.save(str(out))
 
     def _query_ids(self, texts: list[str]) -> list[list[int]]:
         return self._tokenizer.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)

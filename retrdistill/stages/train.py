@@ -76,6 +76,8 @@ class TrainConfig:
         registry.entry("loss", self.loss)
         if self.negatives_per_query < 1:
             raise ValueError("negatives_per_query must be at least 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio is a fraction of the training steps in [0, 1), got {self.warmup_ratio}")
         for name in ("in_batch_negatives", "loss_weight", "embedding_distill"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is a weight and cannot be negative")
@@ -183,12 +185,6 @@ def truncated(model, dim: int):
     return out
 
 
-def _warmup(ratio: float):
-    """``warmup_steps`` for the trainer: transformers 5 reads a float in (0, 1) as a ratio of the training steps
-    (its ``warmup_ratio`` is deprecated)."""
-    return float(ratio) if 0 < ratio < 1 else int(ratio)
-
-
 def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Path, out_dir: str | Path, *,
               cache_dir: str | Path, force: bool = False) -> StageResult:
     student = registry.build("student", cfg.student, cfg.options)
@@ -244,7 +240,7 @@ def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Pa
             max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.batch_size,
             learning_rate=cfg.learning_rate,
-            warmup_steps=_warmup(cfg.warmup_ratio),  # transformers 5: a float below 1 is a ratio of the steps
+            warmup_steps=float(cfg.warmup_ratio),  # transformers 5 reads a float below 1 as a ratio of the steps
             weight_decay=cfg.weight_decay,
             seed=cfg.seed,
             data_seed=cfg.seed,

@@ -159,26 +159,35 @@ def test_train_config_key_is_unchanged_by_the_new_defaults():
         TrainConfig(warmup_ratio=1.5)
 
 
-def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages, tmp_path):
-    """Score + embedding distillation, Matryoshka widths and a truncated output, through the real stages."""
-    from sentence_transformers import SentenceTransformer
-
+@pytest.fixture(scope="module")
+def scored(passages, tmp_path_factory):
+    """(cache folder, scores folder): 8 pseudo-queries over the passages, BM25-mined, scored by TEACHER."""
     from retrdistill.stages.mine import MineConfig, run_mine
     from retrdistill.stages.queries import QueriesConfig, run_queries
     from retrdistill.stages.score import ScoreConfig, run_score
+
+    root = tmp_path_factory.mktemp("scored")
+    cache = root / "cache"
+    run_queries(QueriesConfig(options={"num_queries": 8, "seed": 3}), passages, root / "q", cache_dir=cache)
+    run_mine(MineConfig(miner="bm25", depth=20, negatives=3, rank_max=20), passages, root / "q", root / "c",
+             cache_dir=cache)
+    run_score(ScoreConfig(options=TEACHER), passages, root / "c", root / "s", cache_dir=cache)
+    return cache, root / "s"
+
+
+def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages, scored, tmp_path):
+    """Score + embedding distillation, Matryoshka widths and a truncated output, through the real stages."""
+    from sentence_transformers import SentenceTransformer
+
     from retrdistill.stages.train import TrainConfig, run_train
 
-    cache = tmp_path / "cache"
-    run_queries(QueriesConfig(options={"num_queries": 8, "seed": 3}), passages, tmp_path / "q", cache_dir=cache)
-    run_mine(MineConfig(miner="bm25", depth=20, negatives=3, rank_max=20), passages, tmp_path / "q", tmp_path / "c",
-             cache_dir=cache)
-    run_score(ScoreConfig(options=TEACHER), passages, tmp_path / "c", tmp_path / "s", cache_dir=cache)
-    assert read_manifest(tmp_path / "s").config["options"]["model"] == TEACHER["model"]
+    cache, scores = scored
+    assert read_manifest(scores).config["options"]["model"] == TEACHER["model"]
     cfg = TrainConfig(student="pruned", options={"model": "offline:tiny-bert-mlm", "max_seq_length": 64},
                       negatives_per_query=3, max_steps=2, batch_size=4, learning_rate=1e-4,
                       embedding_distill=2.0, matryoshka_dims=[128, 32], truncate_dim=32,
                       save_untrained=str(tmp_path / "baseline"))
-    result = run_train(cfg, tmp_path / "s", passages, tmp_path / "student", cache_dir=cache)
+    result = run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache)
     counts = result.manifest.counts
     assert counts["steps"] == 2 and counts["teacher_dim"] == 384 and counts["dim"] == 32
     assert set(counts["last_batch_parts"]) == {"MarginMSELoss", "embedding", "MarginMSELoss@32"}
@@ -188,27 +197,20 @@ def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages
     assert trained.encode(TEXTS).shape == (2, 32)
     baseline = SentenceTransformer(str(tmp_path / "baseline"))
     assert baseline.get_embedding_dimension() == 128 and read_manifest(tmp_path / "baseline").stage == "student"
-    assert run_train(cfg, tmp_path / "s", passages, tmp_path / "student", cache_dir=cache).skipped
+    assert run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache).skipped
 
 
-def test_embedding_teacher_other_than_the_scoring_teacher(passages, tmp_path):
+def test_embedding_teacher_other_than_the_scoring_teacher(passages, scored, tmp_path):
     """Scores from one teacher, embeddings from another (e.g. a 6-layer assistant for a 3-layer student)."""
-    from retrdistill.stages.mine import MineConfig, run_mine
-    from retrdistill.stages.queries import QueriesConfig, run_queries
-    from retrdistill.stages.score import ScoreConfig, run_score
     from retrdistill.stages.train import TrainConfig, run_train
 
-    cache = tmp_path / "cache"
-    run_queries(QueriesConfig(options={"num_queries": 8, "seed": 3}), passages, tmp_path / "q", cache_dir=cache)
-    run_mine(MineConfig(miner="bm25", depth=20, negatives=3, rank_max=20), passages, tmp_path / "q", tmp_path / "c",
-             cache_dir=cache)
-    run_score(ScoreConfig(options=TEACHER), passages, tmp_path / "c", tmp_path / "s", cache_dir=cache)
+    cache, scores = scored
     other = {"model": "offline:tiny-bert-mlm", "max_seq_length": 64}
     cfg = TrainConfig(student="pruned", options={"model": "offline:all-MiniLM-L6-v2", "layers": [0, 5],
                                                  "max_seq_length": 64},
                       negatives_per_query=3, max_steps=2, batch_size=4, learning_rate=1e-4, embedding_distill=1.0,
                       embedding_options={"distance": "cosine", "teacher": "bi-encoder", "teacher_options": other})
-    result = run_train(cfg, tmp_path / "s", passages, tmp_path / "student", cache_dir=cache)
+    result = run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache)
     counts = result.manifest.counts
     assert counts["teacher_dim"] == 128 and counts["dim"] == 384  # the tiny BERT's width, through a projection
     assert set(counts["last_batch_parts"]) == {"MarginMSELoss", "embedding"}
@@ -217,4 +219,4 @@ def test_embedding_teacher_other_than_the_scoring_teacher(passages, tmp_path):
     from retrdistill.artefacts import fingerprint_obj
 
     assert result.manifest.inputs["embedding_teacher"] == fingerprint_obj(tiny.fingerprint())
-    assert result.manifest.inputs["embedding_teacher"] != read_manifest(tmp_path / "s").inputs.get("teacher")
+    assert result.manifest.inputs["embedding_teacher"] != read_manifest(scores).inputs.get("teacher")

@@ -27,7 +27,10 @@ from typing import Any
 from retrdistill.errors import ManifestError
 
 FORMAT = "retrdistill-artefact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# kinds of the artefacts format version 1 wrote, which did not record their kind
+_V1_KINDS = {"queries": "queries", "mine": "candidates", "score": "scores", "train": "student", "index": "index",
+             "eval": "eval", "leaderboard": "eval", "student": "student"}
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
@@ -179,6 +182,9 @@ class Manifest:
     counts: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)  # peak_rss_mb, peak_anon_mb (retrdistill.memory)
+    kind: str = ""  # the artefact kind (retrdistill.kinds)
+    step: str = ""  # the pipeline step id that wrote it, when a pipeline did
     created: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -249,7 +255,10 @@ def read_manifest(folder: str | Path) -> Manifest | None:
             f"{FORMAT_VERSION}); upgrade retrdistill or rebuild the artefact"
         )
     known = {f for f in Manifest.__dataclass_fields__}
-    return Manifest(**{k: v for k, v in raw.items() if k in known})
+    manifest = Manifest(**{k: v for k, v in raw.items() if k in known})
+    if not manifest.kind:
+        manifest.kind = _V1_KINDS.get(manifest.stage, manifest.stage)
+    return manifest
 
 
 def verify_outputs(folder: str | Path, manifest: Manifest) -> list[str]:
@@ -261,13 +270,3 @@ def verify_outputs(folder: str | Path, manifest: Manifest) -> list[str]:
         if not f.is_file() or fingerprint_file(f) != fp:
             bad.append(rel)
     return bad
-
-
-def is_current(folder: str | Path, key: str) -> Manifest | None:
-    """The folder's manifest if it was written for ``key`` and its files are intact, else None."""
-    manifest = read_manifest(folder)
-    if manifest is None or manifest.key != key:
-        return None
-    if verify_outputs(folder, manifest):
-        return None
-    return manifest

@@ -1,16 +1,23 @@
-"""Pipeline files: a YAML description of the stages, validated with file and line in every error, and run
-in order, each stage skipped when its artefact already matches its inputs and config.
+"""Pipeline files: a graph of named steps, validated with file and line in every error, run in dependency
+order, each step skipped when its artefact already matches its config and inputs.
 
-    name: msmarco-sample
+    name: compare-negatives
     collection: data/msmarco-dl-5k
-    workdir: runs/msmarco-sample      # artefacts of every stage
-    stages:
-      queries: {source: inverse-cloze, options: {num_queries: 2000}}
-      mine:    {miner: bm25, negatives: 8}
-      score:   {teacher: bi-encoder, options: {model: offline:all-mpnet-base-v2}}
-      train:   {student: dense, options: {model: offline:all-MiniLM-L6-v2}, loss: margin-mse}
-      index:   {indexer: faiss-flat}
-      eval:    {systems: [{name: BM25, type: bm25}, {name: student, type: index, options: {path: "@index"}}]}
+    workdir: runs/compare-negatives        # each step's artefact is workdir/<id>
+    steps:
+      - {id: q, stage: queries, source: inverse-cloze, options: {num_queries: 1000}}
+      - {id: bm25-neg, stage: mine, queries: "@q", miner: bm25}
+      - {id: s1, stage: score, candidates: "@bm25-neg", teacher: bi-encoder}
+      - {id: student, stage: train, scores: "@s1", student: dense}
+      - {id: idx, stage: index, model: "@student"}
+      - {id: board, stage: eval, systems: [{name: student, type: index, options: {path: "@idx"}}]}
+
+A step is ``id`` + ``stage`` + the stage's references (``queries``, ``candidates``, ``scores``, ``model``: see
+each stage's ``StageSpec.inputs``) + the fields of the stage's config dataclass (+ optionally ``collection``).
+``@id`` names step ``id``'s artefact, ``@id.part`` one part of it (``@student.untrained``); references may
+also appear inside options (``model: "@student"`` takes a student, ``path: "@idx"`` an index). Before
+anything runs, the graph is checked: unknown or duplicate ids, unknown stages and keys, references to missing
+steps or to artefacts of the wrong kind, and cycles are errors naming the file, the line and what is accepted.
 
 Relative paths are resolved against the base folder (the current directory unless given) and may not escape
 it; absolute paths are taken as the user wrote them. YAML is read with ``yaml.safe_load`` semantics.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,28 +35,47 @@ from typing import Any
 
 import yaml
 
+from retrdistill import registry
 from retrdistill.errors import ConfigError
-from retrdistill.stages.base import StageResult
-from retrdistill.stages.evaluate import EvalConfig, run_eval, run_eval_datasets
-from retrdistill.stages.index import IndexConfig, run_index
-from retrdistill.stages.mine import MineConfig, run_mine
-from retrdistill.stages.queries import QueriesConfig, run_queries
-from retrdistill.stages.score import ScoreConfig, run_score
-from retrdistill.stages.train import TrainConfig, run_train
+from retrdistill.kinds import kind as artefact_kind
+from retrdistill.stages.base import StageSpec, StepContext
 
 log = logging.getLogger(__name__)
 
-STAGE_CONFIGS: dict[str, type] = {
-    "queries": QueriesConfig,
-    "mine": MineConfig,
-    "score": ScoreConfig,
-    "train": TrainConfig,
-    "index": IndexConfig,
-    "eval": EvalConfig,
-}
-STAGE_ORDER = tuple(STAGE_CONFIGS)
-TOP_LEVEL = {"name", "collection", "workdir", "cache_dir", "index_dir", "stages"}
-DIRS = {"queries": "queries", "mine": "candidates", "score": "scores", "train": "student", "eval": "eval"}
+TOP_LEVEL = {"name", "collection", "workdir", "cache_dir", "steps"}
+STEP_KEYS = {"id", "stage", "collection"}
+# A reference inside a part's options is checked by the option's name.
+OPTION_REFERENCE_KINDS: dict[str, tuple[str, ...]] = {"model": ("student",), "path": ("index",)}
+# Options that name a local file or folder (never a hub name): resolved against the base folder.
+LOCAL_PATH_OPTIONS = {"path"}
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_REF = re.compile(r"@([A-Za-z0-9][A-Za-z0-9_-]*)(?:\.([A-Za-z0-9_-]+))?")
+
+
+@dataclass
+class Reference:
+    """``@step`` or ``@step.part`` found at ``where`` (a step key or an option path) on ``line``."""
+
+    step: str
+    part: str | None
+    where: tuple[str, ...]
+    line: int | None
+    kinds: tuple[str, ...] | None  # accepted kinds; None: any
+
+
+@dataclass
+class Step:
+    id: str
+    stage: StageSpec
+    config: Any  # the stage's config dataclass, references still as "@..." strings
+    inputs: dict[str, str]  # stage input key -> raw value ("@id[.part]" or a literal)
+    collection: Path
+    line: int | None
+    refs: list[Reference] = field(default_factory=list)
+
+    @property
+    def upstream(self) -> list[str]:
+        return list(dict.fromkeys(r.step for r in self.refs))
 
 
 @dataclass
@@ -58,18 +85,26 @@ class Pipeline:
     collection: Path
     workdir: Path
     cache_dir: Path
-    index_dir: Path
-    stages: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, Step] = field(default_factory=dict)  # in dependency order
 
-    def out_dir(self, stage: str) -> Path:
-        return self.index_dir if stage == "index" else self.workdir / DIRS[stage]
+    def out_dir(self, step_id: str) -> Path:
+        return self.workdir / step_id
 
-    @property
-    def student_model(self) -> str:
-        return str(self.out_dir("train") / "model")
+    def resolve(self, ref: Reference) -> Path:
+        """The path a reference means: the referenced step's folder, or a part of it."""
+        target = self.steps[ref.step]
+        return artefact_kind(target.stage.output).resolve(self.out_dir(ref.step), ref.part)
+
+    def downstream(self, step_id: str) -> list[str]:
+        """Every step that depends on ``step_id``, directly or not, in dependency order."""
+        hit = {step_id}
+        for sid, step in self.steps.items():
+            if any(u in hit for u in step.upstream):
+                hit.add(sid)
+        return [s for s in self.steps if s in hit and s != step_id]
 
 
-# ------------------------------------------------------------------ loading
+# ------------------------------------------------------------------ YAML helpers
 def _line(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
@@ -91,6 +126,19 @@ def _value(node: yaml.Node, path: Path) -> Any:
         return yaml.safe_load(yaml.serialize(node))
     except yaml.YAMLError as exc:  # e.g. a !!python tag: safe loading refuses to construct objects
         raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path, _line(node)) from None
+
+
+def _scalars(node: yaml.Node, where: tuple[str, ...]):
+    """Every string scalar under ``node`` with its key path and line."""
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag.endswith(":str"):
+            yield where, node.value, _line(node)
+    elif isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            yield from _scalars(value_node, (*where, str(key_node.value)))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _scalars(item, (*where, str(i)))
 
 
 def safe_path(raw: str, base: Path, path: Path, line: int | None, key: str) -> Path:
@@ -122,27 +170,27 @@ def _check_type(value: Any, annotation: Any, key: str, path: Path, line: int | N
     return value
 
 
-def _stage_config(stage: str, node: yaml.Node, path: Path) -> Any:
-    cls = STAGE_CONFIGS[stage]
-    if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
-        return cls()
-    items = _mapping(node, path, f"stage {stage!r}")
+def build_config(cls: type, values: dict[str, Any], *, what: str, path: Path | None = None,
+                 lines: dict[str, int | None] | None = None, line: int | None = None) -> Any:
+    """A stage config dataclass from raw values: unknown keys and wrong types are errors naming the key."""
+    lines = lines or {}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
-    for key, (key_node, value_node) in items.items():
+    for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"stage {stage!r}: unknown key {key!r}; expected one of: {', '.join(sorted(fields))}",
-                              path, _line(key_node))
-        kwargs[key] = _check_type(_value(value_node, path), hints[key], f"{stage}.{key}", path, _line(value_node))
+            raise ConfigError(f"{what}: unknown key {key!r}; expected one of: {', '.join(sorted(fields))}",
+                              path, lines.get(key, line))
+        kwargs[key] = _check_type(value, hints[key], f"{what}.{key}", path, lines.get(key, line))
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        raise ConfigError(f"stage {stage!r}: {exc.problem}", path, _line(node)) from None
+        raise ConfigError(f"{what}: {exc.problem}", path, line) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"stage {stage!r}: {exc}", path, _line(node)) from None
+        raise ConfigError(f"{what}: {exc}", path, line) from None
 
 
+# ------------------------------------------------------------------ loading
 def load_pipeline(path: str | Path, *, base_dir: str | Path | None = None) -> Pipeline:
     path = Path(path)
     if not path.is_file():
@@ -160,8 +208,10 @@ def load_pipeline(path: str | Path, *, base_dir: str | Path | None = None) -> Pi
     top = _mapping(root, path, "pipeline")
     for key, (key_node, _) in top.items():
         if key not in TOP_LEVEL:
-            raise ConfigError(f"unknown top-level key {key!r}; expected one of: {', '.join(sorted(TOP_LEVEL))}", path, _line(key_node))
-    for required in ("name", "collection", "stages"):
+            hint = " (pipelines now list `steps:`, each with an id and a stage)" if key == "stages" else ""
+            raise ConfigError(f"unknown top-level key {key!r}; expected one of: {', '.join(sorted(TOP_LEVEL))}{hint}",
+                              path, _line(key_node))
+    for required in ("name", "collection", "steps"):
         if required not in top:
             raise ConfigError(f"missing top-level key {required!r}", path, _line(root))
 
@@ -171,76 +221,254 @@ def load_pipeline(path: str | Path, *, base_dir: str | Path | None = None) -> Pi
         return safe_path(default, base, path, None, key)
 
     name = str(_value(top["name"][1], path))
-    pipeline = Pipeline(
-        path=path,
-        name=name,
-        collection=get_path("collection", ""),
-        workdir=get_path("workdir", f"runs/{name}"),
-        cache_dir=get_path("cache_dir", ".cache/retrdistill"),
-        index_dir=get_path("index_dir", f"indexes/{name}"),
-    )
-    stages = _mapping(top["stages"][1], path, "stages")
-    for stage, (key_node, value_node) in stages.items():
-        if stage not in STAGE_CONFIGS:
-            raise ConfigError(f"unknown stage {stage!r}; expected one of: {', '.join(STAGE_ORDER)}", path, _line(key_node))
-        pipeline.stages[stage] = _stage_config(stage, value_node, path)
-    chain = [s for s in STAGE_ORDER[:5] if s in pipeline.stages]
-    if chain and chain != list(STAGE_ORDER[: len(chain)]):
-        missing = [s for s in STAGE_ORDER[: STAGE_ORDER.index(chain[-1])] if s not in pipeline.stages]
-        raise ConfigError(f"stages {', '.join(chain)} need the earlier stage(s) {', '.join(missing)}", path,
-                          _line(top["stages"][1]))
-    if "eval" in pipeline.stages:
-        _resolve_eval_refs(pipeline, base, path)
+    pipeline = Pipeline(path=path, name=name, collection=get_path("collection", ""),
+                        workdir=get_path("workdir", f"runs/{name}"), cache_dir=get_path("cache_dir", ".cache/retrdistill"))
+    steps_node = top["steps"][1]
+    if not isinstance(steps_node, yaml.SequenceNode) or not steps_node.value:
+        raise ConfigError("steps: expected a non-empty list of steps", path, _line(steps_node))
+    steps: dict[str, Step] = {}
+    for node in steps_node.value:
+        step = _load_step(node, path, base, pipeline)
+        if step.id in steps:
+            raise ConfigError(f"step id {step.id!r} is used twice (first on line {steps[step.id].line})", path, step.line)
+        steps[step.id] = step
+    _check_references(steps, path)
+    pipeline.steps = {sid: steps[sid] for sid in _dependency_order(steps, path)}
+    _default_teacher_systems(pipeline)
     return pipeline
 
 
-def _resolve_eval_refs(pipeline: Pipeline, base: Path, path: Path) -> None:
-    """``@index`` is the pipeline's index; a teacher system without options takes the score stage's teacher."""
-    cfg: EvalConfig = pipeline.stages["eval"]
-    cfg.datasets = [str(safe_path(raw, base, path, None, "eval.datasets")) for raw in cfg.datasets]
-    for system in cfg.systems:
-        opts = system.setdefault("options", {}) or {}
-        system["options"] = opts
-        if system["type"] == "index":
-            raw = opts.get("path", "@index")
-            if raw == "@index":
-                if "index" not in pipeline.stages:
-                    raise ConfigError(f"eval system {system['name']!r} uses @index but the pipeline has no index stage", path)
-                opts["path"] = str(pipeline.index_dir)
-            else:
-                opts["path"] = str(safe_path(raw, base, path, None, f"eval system {system['name']!r} path"))
-        if system["type"] == "teacher" and not opts and "score" in pipeline.stages:
-            score: ScoreConfig = pipeline.stages["score"]
+def _load_step(node: yaml.Node, path: Path, base: Path, pipeline: Pipeline) -> Step:
+    items = _mapping(node, path, "step")
+    line = _line(node)
+    for required in ("id", "stage"):
+        if required not in items:
+            raise ConfigError(f"step: missing key {required!r}", path, line)
+    step_id = str(_value(items["id"][1], path))
+    if not _ID.fullmatch(step_id):
+        raise ConfigError(f"step id {step_id!r}: use letters, digits, '_' and '-' (it names the step's folder)",
+                          path, _line(items["id"][1]))
+    stage_name = str(_value(items["stage"][1], path))
+    stage: StageSpec = registry.entry("stage", stage_name, where=str(path), line=_line(items["stage"][1])).load()
+    what = f"step {step_id!r} ({stage_name})"
+    collection = pipeline.collection
+    if "collection" in items:
+        collection = safe_path(_value(items["collection"][1], path), base, path, _line(items["collection"][1]),
+                               f"{what}.collection")
+    inputs: dict[str, str] = {}
+    refs: list[Reference] = []
+    values: dict[str, Any] = {}
+    lines: dict[str, int | None] = {}
+    config_fields = {f.name for f in dataclasses.fields(stage.config)}
+    for key, (key_node, value_node) in items.items():
+        if key in STEP_KEYS:
+            continue
+        if key in stage.inputs:
+            raw = _value(value_node, path)
+            if not isinstance(raw, str):
+                raise ConfigError(f"{what}: {key} must be a reference like \"@step-id\", got {raw!r}", path, _line(value_node))
+            spec = stage.inputs[key]
+            ref = _parse_ref(raw, (key,), _line(value_node), spec.kinds, path)
+            if ref is None and not spec.literal:
+                raise ConfigError(f"{what}: {key} must reference a step (\"@step-id\") whose artefact is "
+                                  f"{' or '.join(spec.kinds)}, got {raw!r}", path, _line(value_node))
+            if ref is not None:
+                refs.append(ref)
+            inputs[key] = raw
+            continue
+        if key not in config_fields:
+            accepted = sorted(STEP_KEYS | set(stage.inputs) | config_fields)
+            raise ConfigError(f"{what}: unknown key {key!r}; expected one of: {', '.join(accepted)}", path, _line(key_node))
+        value = _value(value_node, path)
+        for where, text, ref_line in _scalars(value_node, (key,)):
+            ref = _parse_ref(text, where, ref_line, OPTION_REFERENCE_KINDS.get(where[-1]), path)
+            if ref is not None:
+                refs.append(ref)
+            elif where[-1] in LOCAL_PATH_OPTIONS:  # a file or folder of the user's: resolved, kept inside the base
+                _set(value, where[1:], str(safe_path(text, base, path, ref_line, f"{what}: {'.'.join(where)}")))
+        if key == "datasets" and isinstance(value, list):  # collections evaluated by an eval step
+            value = [str(safe_path(v, base, path, _line(value_node), f"{what}.datasets")) for v in value]
+        values[key] = value
+        lines[key] = _line(value_node)
+    missing = [key for key, spec in stage.inputs.items() if key not in inputs]
+    if missing:
+        raise ConfigError(f"{what}: missing {', '.join(missing)} (" + "; ".join(
+            f"{k}: {stage.inputs[k].help}, a {' or '.join(stage.inputs[k].kinds)} artefact" for k in missing) + ")",
+            path, line)
+    config = build_config(stage.config, values, what=what, path=path, lines=lines, line=line)
+    return Step(step_id, stage, config, inputs, collection, line, refs)
+
+
+def _set(value: Any, where: tuple[str, ...], new: Any) -> None:
+    for key in where[:-1]:
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    value[int(where[-1]) if isinstance(value, list) else where[-1]] = new
+
+
+def _parse_ref(text: str, where: tuple[str, ...], line: int | None, kinds: tuple[str, ...] | None,
+               path: Path) -> Reference | None:
+    if not text.startswith("@"):
+        return None
+    m = _REF.fullmatch(text)
+    if not m:
+        raise ConfigError(f"{'.'.join(where)}: {text!r} is not a reference; expected \"@step-id\" or \"@step-id.part\"",
+                          path, line)
+    return Reference(m.group(1), m.group(2), where, line, kinds)
+
+
+def _check_references(steps: dict[str, Step], path: Path) -> None:
+    for step in steps.values():
+        for ref in step.refs:
+            where = f"step {step.id!r}: {'.'.join(ref.where)}"
+            if ref.step not in steps:
+                raise ConfigError(f"{where}: unknown step @{ref.step}; steps: {', '.join(steps)}", path, ref.line)
+            if ref.step == step.id:
+                raise ConfigError(f"{where}: a step cannot reference itself", path, ref.line)
+            target = steps[ref.step]
+            produced = target.stage.output
+            if ref.kinds is not None and produced not in ref.kinds:
+                raise ConfigError(f"{where}: @{ref.step} is a {target.stage.name} step, whose artefact is {produced!r}; "
+                                  f"expected {' or '.join(map(repr, ref.kinds))}", path, ref.line)
+            try:
+                artefact_kind(produced).resolve(Path("."), ref.part)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc.problem}", path, ref.line) from None
+
+
+def _dependency_order(steps: dict[str, Step], path: Path) -> list[str]:
+    """Steps in file order, each after everything it references; a cycle is an error naming it."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(sid: str, trail: list[str]) -> None:
+        if state.get(sid) == "done":
+            return
+        if state.get(sid) == "visiting":
+            cycle = trail[trail.index(sid):] + [sid]
+            raise ConfigError(f"the steps form a cycle: {' -> '.join('@' + s for s in cycle)}", path, steps[sid].line)
+        state[sid] = "visiting"
+        for up in steps[sid].upstream:
+            visit(up, [*trail, sid])
+        state[sid] = "done"
+        order.append(sid)
+
+    for sid in steps:
+        visit(sid, [])
+    return order
+
+
+def _default_teacher_systems(pipeline: Pipeline) -> None:
+    """An eval system ``{type: teacher}`` without options takes the teacher of the pipeline's one score step."""
+    scorers = [s for s in pipeline.steps.values() if s.stage.name == "score"]
+    for step in pipeline.steps.values():
+        if step.stage.name != "eval":
+            continue
+        for system in step.config.systems:
+            if system["type"] != "teacher" or system.get("options"):
+                continue
+            if len(scorers) != 1:
+                raise ConfigError(f"step {step.id!r}: eval system {system['name']!r} (teacher) needs options when the "
+                                  f"pipeline has {len(scorers)} score steps: {{teacher: ..., options: {{...}}}}",
+                                  pipeline.path, step.line)
+            score = scorers[0].config
             system["options"] = {"teacher": score.teacher, "options": dict(score.options)}
 
 
-# ------------------------------------------------------------------ running
-def _index_model(p: Pipeline) -> str:
-    if "train" not in p.stages:
-        raise ConfigError("the index stage needs a train stage in the same pipeline (or `retrdistill index --model`)", p.path)
-    return p.student_model
+# ------------------------------------------------------------------ planning and running
+@dataclass
+class StepPlan:
+    id: str
+    stage: str
+    state: str  # current | new | stale | forced
+    why: str
+    upstream: list[str]
 
 
-# How each stage is called from a pipeline: its inputs are the outputs of the stages before it.
-RUNNERS = {
-    "queries": lambda p, cfg, kw: run_queries(cfg, p.collection, p.out_dir("queries"), **kw),
-    "mine": lambda p, cfg, kw: run_mine(cfg, p.collection, p.out_dir("queries"), p.out_dir("mine"), **kw),
-    "score": lambda p, cfg, kw: run_score(cfg, p.collection, p.out_dir("mine"), p.out_dir("score"), **kw),
-    "train": lambda p, cfg, kw: run_train(cfg, p.out_dir("score"), p.collection, p.out_dir("train"), **kw),
-    "index": lambda p, cfg, kw: run_index(cfg, p.collection, _index_model(p), p.out_dir("index"), **kw),
-    "eval": lambda p, cfg, kw: (run_eval_datasets(cfg, cfg.datasets, p.out_dir("eval"), **kw) if cfg.datasets
-                                else run_eval(cfg, p.collection, p.out_dir("eval"), **kw)),
-}
+@dataclass
+class StepRun:
+    id: str
+    stage: str
+    result: Any  # StageResult or DatasetsResult
+
+    @property
+    def skipped(self) -> bool:
+        return self.result.skipped
+
+    @property
+    def seconds(self) -> float:
+        return self.result.seconds
+
+    @property
+    def memory(self) -> dict[str, Any]:
+        return self.result.memory
 
 
-def run_pipeline(pipeline: Pipeline, *, force: set[str] | None = None, only: set[str] | None = None) -> list[StageResult]:
-    """Run the stages in order; each is skipped when its artefact is current (unless named in ``force``)."""
+def _resolved(value: Any, pipeline: Pipeline) -> Any:
+    """``value`` with every "@id[.part]" string replaced by the path it means."""
+    if isinstance(value, str) and value.startswith("@"):
+        m = _REF.fullmatch(value)
+        return str(pipeline.resolve(Reference(m.group(1), m.group(2), (), None, None)))
+    if isinstance(value, dict):
+        return {k: _resolved(v, pipeline) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, pipeline) for v in value]
+    return value
+
+
+def prepare_step(pipeline: Pipeline, step_id: str):
+    """The step's work (its key, inputs and body), with references resolved to the upstream folders."""
+    step = pipeline.steps[step_id]
+    raw = dataclasses.asdict(step.config)
+    config = step.config
+    resolved = _resolved(raw, pipeline)
+    if resolved != raw:
+        config = build_config(step.stage.config, resolved, what=f"step {step_id!r}", path=pipeline.path, line=step.line)
+    inputs = {key: _resolved(value, pipeline) for key, value in step.inputs.items()}
+    ctx = StepContext(step.collection, pipeline.cache_dir, pipeline.out_dir(step_id))
+    work = step.stage.prepare(config, inputs, ctx)
+    if hasattr(work, "step"):
+        work.step = step_id
+    return work
+
+
+def plan_pipeline(pipeline: Pipeline, *, force: set[str] | None = None, only: set[str] | None = None) -> list[StepPlan]:
+    """What ``run_pipeline`` would do, and why, without running anything."""
     force = force or set()
-    results: list[StageResult] = []
-    for stage in STAGE_ORDER:
-        if stage not in pipeline.stages or (only and stage not in only):
+    _check_ids(pipeline, force | (only or set()))
+    will_run: set[str] = set()
+    plans = []
+    for sid, step in pipeline.steps.items():
+        if only and sid not in only:
+            plans.append(StepPlan(sid, step.stage.name, "not selected", "not in --only", step.upstream))
             continue
-        log.info("pipeline %s: stage %s", pipeline.name, stage)
-        kw = {"cache_dir": pipeline.cache_dir, "force": stage in force}
-        results.append(RUNNERS[stage](pipeline, pipeline.stages[stage], kw))
-    return results
+        rerun = [u for u in step.upstream if u in will_run]
+        if sid in force:
+            state, why = "forced", "--force"
+        elif rerun:
+            has = (pipeline.out_dir(sid) / "manifest.json").is_file()
+            state, why = ("stale" if has else "new"), f"input changed: upstream {', '.join('@' + u for u in rerun)} reruns"
+        else:
+            state, why = prepare_step(pipeline, sid).status()
+        if state != "current":
+            will_run.add(sid)
+        plans.append(StepPlan(sid, step.stage.name, state, why, step.upstream))
+    return plans
+
+
+def run_pipeline(pipeline: Pipeline, *, force: set[str] | None = None, only: set[str] | None = None) -> list[StepRun]:
+    """Run the steps in dependency order; each is skipped when its artefact is current (unless in ``force``)."""
+    force = force or set()
+    _check_ids(pipeline, force | (only or set()))
+    runs = []
+    for sid, step in pipeline.steps.items():
+        if only and sid not in only:
+            continue
+        log.info("pipeline %s: step %s (%s)", pipeline.name, sid, step.stage.name)
+        runs.append(StepRun(sid, step.stage.name, prepare_step(pipeline, sid).run(force=sid in force)))
+    return runs
+
+
+def _check_ids(pipeline: Pipeline, ids: set[str]) -> None:
+    unknown = sorted(ids - set(pipeline.steps))
+    if unknown:
+        raise ConfigError(f"unknown step id(s) {', '.join(unknown)}; steps: {', '.join(pipeline.steps)}", pipeline.path)

@@ -2,8 +2,9 @@
 evaluation systems.
 
 The CLI's choices, pipeline validation and error messages all read this module, so names cannot drift apart.
-Adding a part is one new file (a class with an ``Options`` dataclass and a ``from_options`` constructor)
-plus one line below. Targets are import strings so that reading the registry imports no heavy library.
+Adding a part is one new file (a subclass of its kind's base in :mod:`retrdistill.parts`, with an ``Options``
+dataclass) plus one line below, or one :func:`add` call from a plugin. Targets are import strings so that reading
+the registry imports no heavy library.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def _entries(kind: str, rows: list[tuple[str, str, str]]) -> dict[str, Entry]:
 
 
 REGISTRY: dict[str, dict[str, Entry]] = {
+    "stage": _entries("stage", [
+        ("queries", "retrdistill.stages.queries:STAGE", "training queries and their positives"),
+        ("mine", "retrdistill.stages.mine:STAGE", "candidate negatives per training query"),
+        ("score", "retrdistill.stages.score:STAGE", "teacher scores of every candidate (cached)"),
+        ("train", "retrdistill.stages.train:STAGE", "a student trained on the teacher's scores"),
+        ("index", "retrdistill.stages.index:STAGE", "the corpus encoded and indexed"),
+        ("eval", "retrdistill.stages.evaluate:STAGE", "systems evaluated, leaderboard written"),
+    ]),
     "query_generator": _entries("query_generator", [
         ("inverse-cloze", "retrdistill.data.pseudo_queries:InverseClozeGenerator",
          "a sentence cut from a passage becomes its query, the passage its positive (no model)"),
@@ -97,21 +106,52 @@ def entry(kind: str, name: str, *, where: str | None = None, line: int | None = 
     return parts[name]
 
 
+def add(kind: str, name: str, target: str, summary: str) -> Entry:
+    """Register a part (a plugin's, a test's) under ``kind``/``name``; ``target`` is ``"package.module:Class"``.
+
+    Nothing is imported until the part is built. Registering the same target again is a no-op; another target
+    under a taken name is a ConfigError.
+    """
+    parts = _kind(kind)
+    module, sep, attr = target.partition(":")
+    if not (module and sep and attr):
+        raise ConfigError(f"{kind.replace('_', ' ')} {name!r}: target {target!r} is not 'package.module:Class'")
+    new = Entry(kind, name, target, summary)
+    old = parts.get(name)
+    if old is not None and old.target != target:
+        raise ConfigError(f"{kind.replace('_', ' ')} {name!r} is already registered as {old.target}")
+    parts[name] = new
+    return new
+
+
 def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:
-    """Construct a registered part from its options dict, validated against its ``Options`` dataclass."""
-    cls = entry(kind, name).load()
+    """Construct a registered part from its options dict, validated against its ``Options`` dataclass; the
+    context (``corpus``, ``cache_dir``, ...) goes to the parts that need it. The loaded class must subclass its
+    kind's base in :data:`retrdistill.parts.KIND_BASES` (kinds without one are not checked)."""
+    found = entry(kind, name)
+    cls = found.load()
+    _check_base(found, cls)
     opts = make_options(cls, options or {}, label=f"{kind.replace('_', ' ')} {name!r}")
     return cls.from_options(opts, **context)
+
+
+def _check_base(found: Entry, cls: Any) -> None:
+    from retrdistill.parts import KIND_BASES
+
+    base = KIND_BASES.get(found.kind)
+    if base is not None and not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{found.kind.replace('_', ' ')} {found.name!r}: {found.target} is not a "
+                          f"retrdistill.parts.{base.__name__}; subclass it to register it as a {found.kind}")
 
 
 def make_options(cls: Any, options: dict[str, Any], *, label: str) -> Any:
     """Instantiate ``cls.Options`` from a dict, rejecting unknown keys with the list of known ones."""
     options_cls = getattr(cls, "Options", None)
-    if options_cls is None:
+    known = {f.name for f in dataclasses.fields(options_cls)} if options_cls is not None else set()
+    if not known:
         if options:
             raise ConfigError(f"{label} takes no options, got: {', '.join(options)}")
-        return None
-    known = {f.name for f in dataclasses.fields(options_cls)}
+        return options_cls() if options_cls is not None else None
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {label}; expected: {', '.join(sorted(known))}")

@@ -25,32 +25,39 @@ class Hit:
 
 
 class Retriever:
-    def __init__(self, folder: Path, index, doc_ids: list[str], model, info: dict, corpus=None) -> None:
+    """A saved index folder, ready to search: its encoder, its index and the indexer that wrote it."""
+
+    def __init__(self, folder: Path, index, doc_ids: list[str], model, info: dict, corpus=None, *,
+                 indexer=None) -> None:
+        from retrdistill.indexers.faiss_index import FlatIndexer
+
         self.folder = folder
         self.index = index
         self.doc_ids = doc_ids
         self.model = model
         self.info = info
         self._corpus = corpus
+        self.indexer = indexer if indexer is not None else FlatIndexer()
 
     @classmethod
     def load(cls, folder: str | Path, *, device: str | None = None) -> "Retriever":
-        from retrdistill.indexers.faiss_index import FlatIndexer, load_index
+        """The index in ``folder`` loaded through the registered indexer named in its ``index.json`` (with the
+        options it was built with), and its encoder on ``device`` (None: the default device)."""
+        from retrdistill import registry
         from retrdistill.models import load_sentence_transformer
 
         folder = Path(folder)
         manifest = read_manifest(folder)
-        if manifest is None or manifest.stage != "index":
+        if manifest is None or manifest.kind != "index":
             raise ManifestError(f"{folder}: not a finished retrdistill index (no index manifest); run `retrdistill index`")
         info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        index = load_index(folder / "index.faiss")
-        if info["indexer"] == "faiss-flat":
-            index = FlatIndexer(FlatIndexer.Options()).to_device(index)
+        indexer = registry.build("indexer", info["indexer"], info.get("options") or {})
+        index = indexer.load(folder)
         doc_ids = (folder / "docids.txt").read_text(encoding="utf-8").splitlines()
         model = load_sentence_transformer(resolve_reference(info["model"], folder), device=device)
         if info.get("max_seq_length"):
             model.max_seq_length = info["max_seq_length"]
-        return cls(folder, index, doc_ids, model, info)
+        return cls(folder, index, doc_ids, model, info, indexer=indexer)
 
     @property
     def corpus(self):
@@ -65,16 +72,16 @@ class Retriever:
 
         return encode_texts(self.model, queries, normalize=self.info["normalized"])
 
-    def batch_search_ids(self, queries: list[str], k: int = 10) -> tuple[np.ndarray, list[list[str]]]:
-        from retrdistill.indexers.faiss_index import search
+    def search_rows(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, corpus rows)`` of the top ``k`` for each query embedding; rows of -1 where fewer exist."""
+        return self.indexer.search(self.index, query_embeddings, k)
 
-        scores, rows = search(self.index, self.encode_queries(queries), k)
+    def batch_search_ids(self, queries: list[str], k: int = 10) -> tuple[np.ndarray, list[list[str]]]:
+        scores, rows = self.search_rows(self.encode_queries(queries), k)
         return scores, [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
 
     def batch_search(self, queries: list[str], k: int = 10, *, with_text: bool = True) -> list[list[Hit]]:
-        from retrdistill.indexers.faiss_index import search
-
-        scores, rows = search(self.index, self.encode_queries(queries), k)
+        scores, rows = self.search_rows(self.encode_queries(queries), k)
         wanted = sorted({int(r) for row in rows for r in row if r >= 0}) if with_text else []
         texts = dict(zip(wanted, self.corpus.texts_at(wanted))) if wanted else {}
         return [

@@ -7,17 +7,17 @@ passages), ``index_bytes`` and ``parameters``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from retrdistill.data.beir import Corpus
+from retrdistill.errors import ConfigError
+from retrdistill.parts import EvalSystem, Run
 
-Run = dict[str, dict[str, float]]
 COST_SAMPLE = 256  # passages timed for encode_passages_per_s
 
 
@@ -26,6 +26,28 @@ class SystemOutput:
     run: Run
     cost: dict[str, float | int | None] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
+
+
+def models_by_content(options: Any) -> Any:
+    """``options`` with every string option named ``model``, at any depth of dicts and lists, replaced by the
+    content fingerprint of that model (so a model retrained at the same path changes what keys on it)."""
+    from retrdistill.models import model_fingerprint
+
+    if isinstance(options, dict):
+        return {key: model_fingerprint(value) if key == "model" and isinstance(value, str) else models_by_content(value)
+                for key, value in options.items()}
+    if isinstance(options, (list, tuple)):
+        return [models_by_content(value) for value in options]
+    return options
+
+
+class OptionsSystem(EvalSystem):
+    """A system identified by its type and the options that change its output, models by content."""
+
+    def input_fingerprint(self) -> str:
+        from retrdistill.artefacts import fingerprint_obj
+
+        return fingerprint_obj({"type": type(self).__name__, "options": models_by_content(self.output_options())})
 
 
 def _parameters(model) -> int:
@@ -43,14 +65,15 @@ def _encode_rate(model, corpus: Corpus, normalize: bool) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def _dense_run(model, index, corpus: Corpus, queries: dict[str, str], k: int, normalize: bool) -> tuple[Run, float]:
+def _dense_run(model, indexer, index, corpus: Corpus, queries: dict[str, str], k: int,
+               normalize: bool) -> tuple[Run, float]:
+    """``queries`` encoded by ``model`` and searched in ``index`` through ``indexer``; the run and ms per query."""
     from retrdistill.encoding.engine import encode_texts
-    from retrdistill.indexers.faiss_index import search
 
     qids = list(queries)
     started = time.perf_counter()
     q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=1 if len(qids) <= 1 else 32, normalize=normalize)
-    scores, rows = search(index, q_emb, k)
+    scores, rows = indexer.search(index, q_emb, k)
     ms_per_query = 1000 * (time.perf_counter() - started) / max(1, len(qids))
     run = {q: dict(hits) for q, hits in zip(qids, corpus.hits(scores, rows))}
     return run, ms_per_query
@@ -63,15 +86,16 @@ def _encode_and_search(model, model_ref: str, settings, corpus: Corpus, queries:
     from retrdistill.indexers.faiss_index import FlatIndexer
 
     store = corpus_embeddings(model_ref, corpus, cache_dir, settings, model=model)
-    indexer = FlatIndexer(FlatIndexer.Options())
-    run, ms = _dense_run(model, indexer.to_device(indexer.build(store.embeddings)), corpus, queries, k, store.normalized)
+    indexer = FlatIndexer()
+    index = indexer.to_device(indexer.build(store.embeddings))
+    run, ms = _dense_run(model, indexer, index, corpus, queries, k, store.normalized)
     cost: dict[str, Any] = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(model)}
     if measure_cost:
         cost["encode_passages_per_s"] = _encode_rate(model, corpus, store.normalized)
     return run, cost
 
 
-class BM25System:
+class BM25System(OptionsSystem):
     """bm25s BM25 (the miner's index, shared through the cache)."""
 
     @dataclass
@@ -79,17 +103,11 @@ class BM25System:
         k1: float = 1.5
         b: float = 0.75
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "BM25System":
-        return cls(options)
-
-    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill.miners.bm25 import BM25Miner
 
-        miner = BM25Miner(BM25Miner.Options(k1=self.options.k1, b=self.options.b), corpus, cache_dir)
+        miner = BM25Miner(BM25Miner.Options(k1=self.options.k1, b=self.options.b), corpus=corpus, cache_dir=cache_dir)
         miner.search(dict(list(queries.items())[:1]), 1)  # load the index outside the timing
         started = time.perf_counter()
         hits = miner.search(queries, k)
@@ -98,7 +116,7 @@ class BM25System:
         return SystemOutput({q: dict(h) for q, h in hits.items()}, {"ms_per_query": ms, "index_bytes": index_bytes})
 
 
-class DenseSystem:
+class DenseSystem(OptionsSystem):
     """Any SentenceTransformer model, corpus embeddings cached, exact FAISS search."""
 
     @dataclass
@@ -107,14 +125,10 @@ class DenseSystem:
         batch_size: int = 64
         max_seq_length: int | None = None
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    output_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "DenseSystem":
-        return cls(options)
-
-    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill.encoding.corpus import EncodeSettings, load_encoder
         from retrdistill.models import model_fingerprint
 
@@ -124,7 +138,7 @@ class DenseSystem:
         return SystemOutput(run, cost, {"model": model_fingerprint(self.options.model)[:16]})
 
 
-class IndexSystem:
+class IndexSystem(EvalSystem):
     """A saved retrdistill index folder (e.g. the pipeline's distilled student)."""
 
     @dataclass
@@ -135,27 +149,32 @@ class IndexSystem:
             if not self.path:
                 raise ValueError("'path' (an index folder) is required")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    example_options: ClassVar[dict[str, Any]] = {"path": "{small_index}"}
+    example_variants: ClassVar[dict[str, Any]] = {"path": "{small_hnsw_index}"}
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "IndexSystem":
-        return cls(options)
-
-    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+    def input_fingerprint(self) -> str:
+        """The fingerprint of the index folder's manifest (its config, inputs and files)."""
         from retrdistill.artefacts import read_manifest
+
+        manifest = read_manifest(self.options.path)
+        if manifest is None or manifest.kind != "index":
+            raise ConfigError(f"eval system 'index': {self.options.path!r} is not a finished index")
+        return manifest.fingerprint
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill.retriever import Retriever
 
         retriever = Retriever.load(self.options.path)
         info = retriever.info
-        manifest = read_manifest(self.options.path)
-        provenance = {"index": manifest.fingerprint[:16] if manifest else ""}
+        provenance = {"index": self.input_fingerprint()[:16]}
         if info.get("corpus_fingerprint") not in (None, corpus.fingerprint):
             # another dataset than the one indexed (a many-dataset evaluation): the index's model encodes this
             # corpus (embeddings cached) and is searched exactly, as the index stage would build it here
             return self._other_corpus(retriever, corpus, queries, k, cache_dir, measure_cost, provenance)
-        run, ms = _dense_run(retriever.model, retriever.index, corpus, queries, k, info["normalized"])
-        cost = {"ms_per_query": ms, "index_bytes": (Path(self.options.path) / "index.faiss").stat().st_size,
+        run, ms = _dense_run(retriever.model, retriever.indexer, retriever.index, corpus, queries, k,
+                             info["normalized"])
+        cost = {"ms_per_query": ms, "index_bytes": retriever.indexer.index_bytes(retriever.folder),
                 "parameters": _parameters(retriever.model)}
         if measure_cost:
             cost["encode_passages_per_s"] = _encode_rate(retriever.model, corpus, info["normalized"])
@@ -176,7 +195,7 @@ class IndexSystem:
         return SystemOutput(run, cost, {**provenance, "encoded_here": "flat"})
 
 
-class TeacherSystem:
+class TeacherSystem(OptionsSystem):
     """A registered teacher as a retriever: bi-encoders search the corpus, cross-encoders re-rank BM25."""
 
     @dataclass
@@ -184,14 +203,12 @@ class TeacherSystem:
         teacher: str = "bi-encoder"
         options: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    example_options: ClassVar[dict[str, Any]] = {"options": {"model": "offline:all-MiniLM-L6-v2"}}
+    example_variants: ClassVar[dict[str, Any]] = {"teacher": "cross-encoder",
+                                                  "options": {"model": "offline:tiny-bert-mlm"}}
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "TeacherSystem":
-        return cls(options)
-
-    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill import registry
         from retrdistill.artefacts import fingerprint_obj
 
@@ -207,9 +224,7 @@ class TeacherSystem:
         return SystemOutput(run, cost, {"teacher": fingerprint_obj(teacher.fingerprint())[:16]})
 
 
-
-
-class TrecRunSystem:
+class TrecRunSystem(EvalSystem):
     """A TREC run file made by another tool (pyserini, Anserini, trec_eval users) on the same leaderboard."""
 
     @dataclass
@@ -221,17 +236,24 @@ class TrecRunSystem:
             if not self.path:
                 raise ValueError("'path' (a TREC run file) is required")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    # with duplicates "error" writes nothing and "keep-max" a run; without, both the same run: neutral either way
+    output_neutral: ClassVar[tuple[str, ...]] = ("on_duplicate",)
+    example_options: ClassVar[dict[str, Any]] = {"path": "{small_runs}/a.trec"}
+    example_variants: ClassVar[dict[str, Any]] = {"path": "{small_runs}/b.trec", "on_duplicate": "keep-max"}
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "TrecRunSystem":
-        return cls(options)
+    def input_fingerprint(self) -> str:
+        """The run file's content hash."""
+        from retrdistill.artefacts import fingerprint_path
 
-    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool) -> SystemOutput:
+        try:
+            return fingerprint_path(self.options.path)
+        except FileNotFoundError:
+            raise ConfigError(f"eval system 'run': no run file {self.options.path!r}") from None
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         import logging
 
-        from retrdistill.artefacts import fingerprint_file
         from retrdistill.evaluation.runs import read_trec_run, truncate
 
         run = read_trec_run(self.options.path, on_duplicate=self.options.on_duplicate)
@@ -240,10 +262,10 @@ class TrecRunSystem:
             logging.getLogger(__name__).warning("%s: %d run queries are not evaluation queries (ignored), e.g. %s",
                                                 self.options.path, len(unknown), unknown[0])
         run = truncate({q: docs for q, docs in run.items() if q in queries}, k)
-        return SystemOutput(run, {}, {"run_file": fingerprint_file(self.options.path)[:16]})
+        return SystemOutput(run, {}, {"run_file": self.input_fingerprint()[:16]})
 
 
-class FusedSystem:
+class FusedSystem(OptionsSystem):
     """Other systems of the same evaluation fused with ranx (rrf, combsum, combmnz, combmax, wsum).
 
     ``systems`` names at least two systems listed before this one. Its cost is what serving it would cost: the
@@ -267,40 +289,47 @@ class FusedSystem:
             if self.method not in FUSION_METHODS:
                 raise ValueError(f"unknown fusion method {self.method!r}; expected one of: {', '.join(FUSION_METHODS)}")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    example_options: ClassVar[dict[str, Any]] = {"systems": ["A", "B"]}
+    example_variants: ClassVar[dict[str, Any]] = {"systems": ["A", "C"], "method": "combsum", "weights": [0.3, 0.7]}
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "FusedSystem":
-        return cls(options)
+    def combines(self) -> list[str]:
+        """The names in ``systems``."""
+        return list(self.options.systems)
 
-    @staticmethod
-    def combines(raw_options: dict[str, Any]) -> list[str]:
-        """The names of the systems this one is made from (read before the options are validated)."""
-        names = raw_options.get("systems", [])
-        return [str(n) for n in names] if isinstance(names, list) else []
-
-    def fuse(self, parts: dict[str, SystemOutput], k: int) -> SystemOutput:
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
+        """The fusion of the outputs in ``earlier`` of the systems named in ``systems``, truncated to ``k``."""
         from retrdistill.evaluation.fusion import fuse_runs
         from retrdistill.evaluation.runs import truncate
 
-        outputs = [parts[name] for name in self.options.systems]
-        queries = max(1, len({q for out in outputs for q in out.run}))
+        earlier = earlier or {}
+        missing = [name for name in self.options.systems if name not in earlier]
+        if missing:
+            raise ConfigError(f"eval system 'fusion': {', '.join(missing)} must be evaluated before it; "
+                              f"evaluated before: {', '.join(earlier) or 'none'}")
+        outputs = [earlier[name] for name in self.options.systems]
+        n_queries = max(1, len({q for out in outputs for q in out.run}))
         started = time.perf_counter()
         run = fuse_runs([out.run for out in outputs], self.options.method, norm=self.options.norm, k=self.options.k,
                         weights=self.options.weights)
-        fuse_ms = 1000 * (time.perf_counter() - started) / queries
-        cost: dict[str, Any] = {}
-        if all("ms_per_query" in out.cost for out in outputs):
-            cost["ms_per_query"] = sum(out.cost["ms_per_query"] for out in outputs) + fuse_ms
-        for name in ("index_bytes", "parameters"):
-            values = [out.cost[name] for out in outputs if out.cost.get(name) is not None]
-            if values:
-                cost[name] = sum(values)
-        rates = [out.cost.get("encode_passages_per_s") for out in outputs]
-        encoders = [r for r in rates if r]
-        if encoders:
-            cost["encode_passages_per_s"] = 1.0 / sum(1.0 / r for r in encoders)
-        provenance = {f"{name}:{key}": value for name, out in zip(self.options.systems, outputs)
-                      for key, value in out.provenance.items()}
-        return SystemOutput(truncate(run, k), cost, provenance)
+        fuse_ms = 1000 * (time.perf_counter() - started) / n_queries
+        return SystemOutput(truncate(run, k), _fused_cost(outputs, fuse_ms), self._provenance(outputs))
+
+    def _provenance(self, outputs: list[SystemOutput]) -> dict[str, str]:
+        return {f"{name}:{key}": value for name, out in zip(self.options.systems, outputs)
+                for key, value in out.provenance.items()}
+
+
+def _fused_cost(outputs: list[SystemOutput], fuse_ms: float) -> dict[str, Any]:
+    """Serving every part and fusing: ms and sizes added, encoding rates combined harmonically."""
+    cost: dict[str, Any] = {}
+    if all("ms_per_query" in out.cost for out in outputs):
+        cost["ms_per_query"] = sum(out.cost["ms_per_query"] for out in outputs) + fuse_ms
+    for name in ("index_bytes", "parameters"):
+        values = [out.cost[name] for out in outputs if out.cost.get(name) is not None]
+        if values:
+            cost[name] = sum(values)
+    encoders = [r for r in (out.cost.get("encode_passages_per_s") for out in outputs) if r]
+    if encoders:
+        cost["encode_passages_per_s"] = 1.0 / sum(1.0 / r for r in encoders)
+    return cost

@@ -85,3 +85,48 @@ def tiny_cross_encoder(tmp_path_factory, minilm) -> str:
     path = tmp_path_factory.mktemp("cross-encoder") / "model"
     CrossEncoder(minilm, num_labels=1, max_length=128).save(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory) -> Path:
+    """One cache folder (corpora, embeddings, BM25) for the session's fixtures built on ``small_collection``."""
+    return tmp_path_factory.mktemp("small-cache")
+
+
+def _small_index(tmp_path_factory, small_collection, small_cache, minilm, indexer: str) -> str:
+    from retrdistill.stages.index import IndexConfig, run_index
+
+    out = tmp_path_factory.mktemp(f"index-{indexer}") / "index"
+    run_index(IndexConfig(indexer=indexer), small_collection, minilm, out, cache_dir=small_cache)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def small_index(tmp_path_factory, small_collection, small_cache, minilm) -> str:
+    """A finished flat index folder of ``small_collection`` encoded by all-MiniLM-L6-v2 (the index stage's)."""
+    return _small_index(tmp_path_factory, small_collection, small_cache, minilm, "faiss-flat")
+
+
+@pytest.fixture(scope="session")
+def small_hnsw_index(tmp_path_factory, small_collection, small_cache, minilm, small_index) -> str:
+    """The same embeddings as ``small_index`` (cached), indexed by HNSW: another finished index folder."""
+    return _small_index(tmp_path_factory, small_collection, small_cache, minilm, "faiss-hnsw")
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory, small_collection) -> Path:
+    """Two different TREC run files over ``small_collection``'s test queries: ``a.trec`` ranks each query's
+    judged passages by grade, ``b.trec`` in reverse."""
+    out = tmp_path_factory.mktemp("runs")
+    judged: dict[str, list[tuple[int, str]]] = {}
+    for line in (small_collection / "qrels" / "test.tsv").read_text(encoding="utf-8").splitlines():
+        qid, doc, grade = line.split("\t")[:3]
+        if grade.isdigit():
+            judged.setdefault(qid, []).append((int(grade), doc))
+    for name, reverse in (("a.trec", True), ("b.trec", False)):
+        rows = []
+        for qid, docs in sorted(judged.items()):
+            ranked = sorted(docs, reverse=reverse)
+            rows += [f"{qid} Q0 {doc} {rank} {len(ranked) - rank} {name[0]}\n" for rank, (_, doc) in enumerate(ranked, 1)]
+        (out / name).write_text("".join(rows), encoding="utf-8")
+    return out

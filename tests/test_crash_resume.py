@@ -78,7 +78,7 @@ def candidates(small_collection, tmp_path_factory):
 
 @pytest.mark.slow  # a child process imports torch and loads a model: ~20-60 s on 2 shared cores
 def test_killed_scoring_resumes_from_cache_and_matches_an_uninterrupted_run(small_collection, candidates, tmp_path):
-    from retrdistill.stages.mine import read_candidates
+    from retrdistill.kinds import read_candidates
     from retrdistill.stages.score import ScoreConfig, run_score
 
     groups = list(read_candidates(candidates))

@@ -199,13 +199,14 @@ def test_pipeline_eval_stage_over_datasets(datasets_dir, tmp_path):
     spec.write_text(
         "name: eval-only\n"
         "collection: data/beir/dl-half-a\n"
-        "stages:\n"
-        "  eval:\n"
+        "steps:\n"
+        "  - id: eval\n"
+        "    stage: eval\n"
         "    datasets: [data/beir]\n"
         "    measure_cost: false\n"
         "    systems: [{name: BM25, type: bm25}]\n", encoding="utf-8")
     pipeline = load_pipeline(spec, base_dir=base)
-    assert pipeline.stages["eval"].datasets == [str((base / "data" / "beir").resolve())]
+    assert pipeline.steps["eval"].config.datasets == [str((base / "data" / "beir").resolve())]
     [result] = run_pipeline(pipeline)
     board = load_leaderboard(base / "runs" / "eval-only" / "eval" / "leaderboard" / "leaderboard.json")
     assert board.datasets() == ["dl-half-a", "dl-half-b"] and not result.skipped

@@ -17,12 +17,13 @@ import pytest
 
 from retrdistill.artefacts import FORMAT_VERSION, MANIFEST
 from retrdistill.errors import ManifestError
-from retrdistill.pipeline import STAGE_ORDER, load_pipeline, run_pipeline
+from retrdistill.pipeline import load_pipeline, run_pipeline
 from retrdistill.stages.base import upstream
 
 pytestmark = pytest.mark.slow
 
 MINILM = "offline:all-MiniLM-L6-v2"
+STEPS = ["queries", "candidates", "scores", "student", "index", "eval"]
 
 
 def _pipeline_yaml(root: Path, collection: Path, learning_rate: float = 2e-5) -> str:
@@ -31,12 +32,14 @@ name: tiny
 collection: {collection}
 workdir: {root / "work"}
 cache_dir: {root / "cache"}
-index_dir: {root / "work" / "index"}
-stages:
-  queries: {{source: inverse-cloze, options: {{num_queries: 16, seed: 13}}}}
-  mine: {{miner: bm25, depth: 30, negatives: 4, rank_max: 30, seed: 13}}
-  score: {{teacher: bi-encoder, options: {{model: "{MINILM}", max_seq_length: 64, batch_size: 32}}}}
-  train:
+steps:
+  - {{id: queries, stage: queries, source: inverse-cloze, options: {{num_queries: 16, seed: 13}}}}
+  - {{id: candidates, stage: mine, queries: "@queries", miner: bm25, depth: 30, negatives: 4, rank_max: 30, seed: 13}}
+  - {{id: scores, stage: score, candidates: "@candidates", teacher: bi-encoder,
+     options: {{model: "{MINILM}", max_seq_length: 64, batch_size: 32}}}}
+  - id: student
+    stage: train
+    scores: "@scores"
     student: dense
     options: {{model: "{MINILM}", max_seq_length: 64}}
     negatives_per_query: 2
@@ -44,8 +47,9 @@ stages:
     batch_size: 8
     learning_rate: {learning_rate:.1e}
     seed: 13
-  index: {{indexer: faiss-flat, max_seq_length: 64, batch_size: 32}}
-  eval:
+  - {{id: index, stage: index, model: "@student", indexer: faiss-flat, max_seq_length: 64, batch_size: 32}}
+  - id: eval
+    stage: eval
     split: test
     metrics: [ndcg@10, recall@100]
     measure_cost: false
@@ -65,7 +69,7 @@ def _setup(root: Path, small_collection: Path, **kw):
 
 
 def _ran(results) -> tuple[list[str], list[str]]:
-    return [r.stage for r in results if r.skipped], [r.stage for r in results if not r.skipped]
+    return [r.id for r in results if r.skipped], [r.id for r in results if not r.skipped]
 
 
 def _snapshot(root: Path) -> dict:
@@ -85,7 +89,7 @@ def first_run(small_collection, tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline-a")
     pipeline = _setup(root, small_collection)
     results = run_pipeline(pipeline)
-    assert _ran(results) == ([], list(STAGE_ORDER))
+    assert _ran(results) == ([], STEPS)
     return root, _snapshot(root)
 
 
@@ -93,7 +97,7 @@ def test_same_seed_same_outputs_on_cpu(first_run, small_collection, tmp_path):
     _, first = first_run
     pipeline = _setup(tmp_path, small_collection)
     results = run_pipeline(pipeline)
-    assert _ran(results) == ([], list(STAGE_ORDER)), "a separate cache: nothing may be reused"
+    assert _ran(results) == ([], STEPS), "a separate cache: nothing may be reused"
     second = _snapshot(tmp_path)
     assert second["queries"] == first["queries"]
     assert second["candidates"] == first["candidates"]
@@ -106,12 +110,12 @@ def test_same_seed_same_outputs_on_cpu(first_run, small_collection, tmp_path):
 def test_stale_inputs_and_configs_rerun_exactly_the_affected_stages(first_run, small_collection):
     root, _ = first_run
     skipped, ran = _ran(run_pipeline(_setup(root, small_collection)))
-    assert (skipped, ran) == (list(STAGE_ORDER), []), "nothing changed: every stage is current"
+    assert (skipped, ran) == (STEPS, []), "nothing changed: every stage is current"
 
     # Only the train config changes: the stages before it are reused, train and everything after it rerun.
     skipped, ran = _ran(run_pipeline(_setup(root, small_collection, learning_rate=3e-5)))
-    assert skipped == ["queries", "mine", "score"]
-    assert ran == ["train", "index", "eval"]
+    assert skipped == ["queries", "candidates", "scores"]
+    assert ran == ["student", "index", "eval"]
 
     # One corpus line edited: every stage depends on the corpus, so every stage reruns.
     corpus = root / "collection" / "corpus.jsonl"
@@ -121,7 +125,7 @@ def test_stale_inputs_and_configs_rerun_exactly_the_affected_stages(first_run, s
     lines[-1] = json.dumps(doc, ensure_ascii=False)
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     skipped, ran = _ran(run_pipeline(_setup(root, small_collection, learning_rate=3e-5)))
-    assert (skipped, ran) == ([], list(STAGE_ORDER))
+    assert (skipped, ran) == ([], STEPS)
 
 
 def test_newer_and_foreign_manifests_stop_the_pipeline(first_run, small_collection):
@@ -145,6 +149,6 @@ def test_newer_and_foreign_manifests_stop_the_pipeline(first_run, small_collecti
         run_pipeline(pipeline)
     assert str(mine_manifest) in str(err.value)
     mine_manifest.write_text(original)
-    skipped, ran = _ran(run_pipeline(pipeline, only={"queries", "mine"}))
-    assert (skipped, ran) == (["queries", "mine"], []), "a restored manifest is trusted again"
-    assert upstream(root / "work" / "scores", "score").stage == "score"
+    skipped, ran = _ran(run_pipeline(pipeline, only={"queries", "candidates"}))
+    assert (skipped, ran) == (["queries", "candidates"], []), "a restored manifest is trusted again"
+    assert upstream(root / "work" / "scores", "scores").kind == "scores"

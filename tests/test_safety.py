@@ -153,25 +153,28 @@ def _pipeline(tmp_path: Path, text: str) -> Path:
 def test_python_yaml_tags_in_stage_options_are_refused_and_construct_nothing(tmp_path, tagged):
     marker = tmp_path / "created-by-yaml"
     value = tagged.format(marker=marker)
-    text = f"name: x\ncollection: data\nstages:\n  queries:\n    options:\n      num_queries: {value}\n"
+    text = f"name: x\ncollection: data\nsteps:\n  - id: q\n    stage: queries\n    options:\n      num_queries: {value}\n"
     with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_pipeline(_pipeline(tmp_path, text), base_dir=tmp_path)
-    assert err.value.line == 6
+    assert err.value.line == 7
     assert not marker.exists()
 
 
 # ------------------------------------------------------------------ paths
-@pytest.mark.parametrize("key", ["collection", "workdir", "cache_dir", "index_dir"])
+STEPS = "steps:\n  - {id: q, stage: queries}\n"
+
+
+@pytest.mark.parametrize("key", ["collection", "workdir", "cache_dir"])
 def test_no_relative_path_leaves_the_base_folder(tmp_path, key):
     base = tmp_path / "base"
     base.mkdir()
     extra = "" if key == "collection" else f"{key}: sub/../../outside\n"
     collection = "sub/../../outside" if key == "collection" else "data"
     with pytest.raises(ConfigError, match=f"{key}: relative path .* escapes the base folder"):
-        load_pipeline(_pipeline(base, f"name: x\ncollection: {collection}\n{extra}stages: {{}}\n"), base_dir=base)
+        load_pipeline(_pipeline(base, f"name: x\ncollection: {collection}\n{extra}" + STEPS), base_dir=base)
     inside = f"{key}: sub/../inside\n" if key != "collection" else ""
     pipeline = load_pipeline(_pipeline(base, f"name: x\ncollection: {'sub/../inside' if key == 'collection' else 'data'}\n"
-                                             f"{inside}stages: {{}}\n"), base_dir=base)
+                                             f"{inside}" + STEPS), base_dir=base)
     assert getattr(pipeline, key) == (base / "inside").resolve()
 
 
@@ -181,22 +184,22 @@ def test_a_symlink_inside_the_base_folder_cannot_lead_out(tmp_path):
     outside.mkdir()
     (base / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(ConfigError, match="escapes the base folder"):
-        load_pipeline(_pipeline(base, "name: x\ncollection: data\nworkdir: link/runs\nstages: {}\n"), base_dir=base)
-    pipeline = load_pipeline(_pipeline(base, f"name: x\ncollection: data\nworkdir: {outside}/runs\nstages: {{}}\n"),
+        load_pipeline(_pipeline(base, "name: x\ncollection: data\nworkdir: link/runs\n" + STEPS), base_dir=base)
+    pipeline = load_pipeline(_pipeline(base, f"name: x\ncollection: data\nworkdir: {outside}/runs\n" + STEPS),
                              base_dir=base)
     assert pipeline.workdir == outside / "runs"  # absolute: the user's explicit choice
 
 
 def test_default_output_folders_named_after_the_pipeline_stay_inside(tmp_path):
     with pytest.raises(ConfigError, match="workdir: relative path 'runs/../../escape' escapes the base folder"):
-        load_pipeline(_pipeline(tmp_path, "name: ../../escape\ncollection: data\nstages: {}\n"), base_dir=tmp_path)
-    pipeline = load_pipeline(_pipeline(tmp_path, "name: ok\ncollection: data\nstages: {}\n"), base_dir=tmp_path)
-    for folder in (pipeline.workdir, pipeline.index_dir, pipeline.cache_dir):
+        load_pipeline(_pipeline(tmp_path, "name: ../../escape\ncollection: data\n" + STEPS), base_dir=tmp_path)
+    pipeline = load_pipeline(_pipeline(tmp_path, "name: ok\ncollection: data\n" + STEPS), base_dir=tmp_path)
+    for folder in (pipeline.workdir, pipeline.cache_dir):
         assert folder.is_relative_to(tmp_path.resolve())
 
 
 def test_eval_index_paths_cannot_leave_the_base_folder(tmp_path):
-    text = ("name: x\ncollection: data\nstages:\n  eval:\n    systems:\n"
+    text = ("name: x\ncollection: data\nsteps:\n  - id: e\n    stage: eval\n    systems:\n"
             "      - {name: s, type: index, options: {path: ../elsewhere/index}}\n")
     with pytest.raises(ConfigError, match="escapes the base folder"):
         load_pipeline(_pipeline(tmp_path, text), base_dir=tmp_path)

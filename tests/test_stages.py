@@ -13,9 +13,10 @@ from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError
 from retrdistill.stages.evaluate import EvalConfig, run_eval
 from retrdistill.stages.index import IndexConfig, run_index
-from retrdistill.stages.mine import MineConfig, read_candidates, run_mine
-from retrdistill.stages.queries import QueriesConfig, read_training_queries, run_queries
-from retrdistill.stages.score import ScoreConfig, read_scores, run_score
+from retrdistill.kinds import read_candidates, read_queries, read_scores
+from retrdistill.stages.mine import MineConfig, run_mine
+from retrdistill.stages.queries import QueriesConfig, run_queries
+from retrdistill.stages.score import ScoreConfig, run_score
 from retrdistill.stages.train import TrainConfig, run_train
 
 
@@ -33,7 +34,7 @@ def queries_dir(work):
 
 
 def test_inverse_cloze_queries_are_spans_of_their_positive(work, queries_dir):
-    train = read_training_queries(queries_dir)
+    train = read_queries(queries_dir)
     assert len(train.queries) == 24
     corpus = open_collection(work["collection"], work["cache"] / "corpora").corpus
     row = corpus.row_index()
@@ -231,8 +232,11 @@ def test_eval_writes_runs_metrics_and_leaderboard(work, index_dir, tiny_cross_en
     result = run_eval(cfg, work["collection"], out, cache_dir=work["cache"])
     results = json.loads((out / "results.json").read_text())
     assert results["judged_queries"] == 6
-    for name in ("BM25", "base", "student", "ce-rerank"):
-        assert (out / "runs").glob("*.trec")
+    names = ("BM25", "base", "student", "ce-rerank")
+    assert sorted(p.name for p in (out / "runs").glob("*.trec")) == sorted(f"{n}.trec" for n in names)
+    for name in names:
+        run = (out / "runs" / f"{name}.trec").read_text().splitlines()
+        assert run and all(len(line.split()) == 6 for line in run)  # a non-empty TREC run per system
         mean = results["systems"][name]["mean"]
         assert set(mean) == {"ndcg@10", "recall@100", "mrr@10", "map"}
         assert 0.0 < mean["ndcg@10"] <= 1.0

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from retrdistill import registry
-from retrdistill.artefacts import read_manifest
+from retrdistill.artefacts import fingerprint_obj, read_manifest
 from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError
+from retrdistill.students.dense import DenseStudent
 from retrdistill.students.pruned import PrunedStudent, resolve_layers
 
 TEXTS = ["what is a synapse", "A synapse is the junction where a nerve impulse passes from one neuron to another."]
@@ -86,7 +87,7 @@ def test_saved_student_reloads_with_identical_embeddings(tmp_path):
 def test_truncated_model_equals_matryoshka_truncation():
     from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
 
-    from retrdistill.stages.train import truncated
+    from retrdistill.training.fit import truncated
 
     model = registry.build("student", "pruned", {"model": "offline:tiny-bert-mlm"}).load()
     full = model.encode(TEXTS, convert_to_tensor=True)
@@ -141,22 +142,17 @@ def test_embedding_distillation_loss_falls_on_real_passages(passages, tmp_path):
     np.testing.assert_allclose(again.queries, teacher.encode_queries(list(dict.fromkeys(queries))), atol=1e-5)
 
 
-def test_train_config_key_is_unchanged_by_the_new_defaults():
-    from retrdistill.stages.base import config_dict
+def test_train_config_validates_its_weights_and_embedding_options():
     from retrdistill.stages.train import TrainConfig
 
-    cfg = TrainConfig(save_untrained="somewhere")
-    old_fields = {"student", "options", "loss", "loss_options", "in_batch_negatives", "negatives_per_query", "epochs",
-                  "max_steps", "batch_size", "learning_rate", "warmup_ratio", "weight_decay", "seed"}
-    assert set(cfg.key_config()) == old_fields
-    assert {k: v for k, v in config_dict(cfg).items() if k in old_fields} == cfg.key_config()
-    assert TrainConfig(embedding_distill=0.5).key_config()["embedding_distill"] == 0.5
     with pytest.raises(ConfigError, match="unknown option.* metric .*expected: distance"):
         TrainConfig(embedding_options={"metric": "mse"})
     with pytest.raises(ValueError, match="every loss weight is 0"):
         TrainConfig(loss_weight=0.0)
     with pytest.raises(ValueError, match="warmup_ratio is a fraction"):
         TrainConfig(warmup_ratio=1.5)
+    with pytest.raises(ValueError, match="matryoshka_dims"):
+        TrainConfig(matryoshka_dims=[128, 0])
 
 
 @pytest.fixture(scope="module")
@@ -179,14 +175,14 @@ def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages
     """Score + embedding distillation, Matryoshka widths and a truncated output, through the real stages."""
     from sentence_transformers import SentenceTransformer
 
+    from retrdistill.stages.base import config_dict
     from retrdistill.stages.train import TrainConfig, run_train
 
     cache, scores = scored
     assert read_manifest(scores).config["options"]["model"] == TEACHER["model"]
     cfg = TrainConfig(student="pruned", options={"model": "offline:tiny-bert-mlm", "max_seq_length": 64},
                       negatives_per_query=3, max_steps=2, batch_size=4, learning_rate=1e-4,
-                      embedding_distill=2.0, matryoshka_dims=[128, 32], truncate_dim=32,
-                      save_untrained=str(tmp_path / "baseline"))
+                      embedding_distill=2.0, matryoshka_dims=[128, 32], truncate_dim=32, save_untrained=True)
     result = run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache)
     counts = result.manifest.counts
     assert counts["steps"] == 2 and counts["teacher_dim"] == 384 and counts["dim"] == 32
@@ -195,8 +191,11 @@ def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages
     assert counts["projection_fit_cosine"] > 0.5  # the 128 -> 384 projection starts at the least-squares fit
     trained = SentenceTransformer(str(tmp_path / "student" / "model"))
     assert trained.encode(TEXTS).shape == (2, 32)
-    baseline = SentenceTransformer(str(tmp_path / "baseline"))
-    assert baseline.get_embedding_dimension() == 128 and read_manifest(tmp_path / "baseline").stage == "student"
+    baseline = SentenceTransformer(str(tmp_path / "student" / "untrained"))
+    assert baseline.get_embedding_dimension() == 128  # as declared: no truncation, no training
+    declared = registry.build("student", "pruned", cfg.options).load()
+    np.testing.assert_allclose(baseline.encode(TEXTS), declared.encode(TEXTS), atol=1e-6)
+    assert result.manifest.config == config_dict(cfg)  # the whole config keys the artefact
     assert run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache).skipped
 
 
@@ -216,7 +215,76 @@ def test_embedding_teacher_other_than_the_scoring_teacher(passages, scored, tmp_
     assert set(counts["last_batch_parts"]) == {"MarginMSELoss", "embedding"}
     tiny = registry.build("teacher", "bi-encoder", other, corpus=open_collection(passages, cache / "corpora").corpus,
                           cache_dir=cache)
-    from retrdistill.artefacts import fingerprint_obj
-
     assert result.manifest.inputs["embedding_teacher"] == fingerprint_obj(tiny.fingerprint())
     assert result.manifest.inputs["embedding_teacher"] != read_manifest(scores).inputs.get("teacher")
+
+
+class RecordingStudent(DenseStudent):
+    """A student part of the test's own: the dense student, trained by its own trainer subclass, saved with a
+    marker file beside the model, and recording which of its hooks the train stage called."""
+
+    calls: list[str] = []
+
+    def trainer_classes(self):
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+        calls = self.calls
+
+        class CountingTrainer(SentenceTransformerTrainer):
+            def training_step(self, *args, **kwargs):
+                calls.append("step")
+                return super().training_step(*args, **kwargs)
+
+        self.calls.append("trainer_classes")
+        return CountingTrainer, SentenceTransformerTrainingArguments
+
+    def save(self, model, folder):
+        super().save(model, folder)
+        (folder / "saved-by.txt").write_text(type(self).__name__, encoding="utf-8")
+        self.calls.append(f"save:{folder.name}")
+
+
+def test_a_student_part_of_ones_own_trains_through_the_unchanged_stage(passages, scored, tmp_path, request):
+    from sentence_transformers import SentenceTransformer
+
+    from retrdistill.stages.train import TrainConfig, run_train
+
+    registry.add("student", "recording", f"{__name__}:RecordingStudent", "the dense student, recording its hooks")
+    request.addfinalizer(lambda: registry.REGISTRY["student"].pop("recording", None))
+    RecordingStudent.calls.clear()
+    cache, scores = scored
+    options = {"model": "offline:all-MiniLM-L6-v2", "max_seq_length": 64}
+    cfg = TrainConfig(student="recording", options=options, negatives_per_query=3, max_steps=2, batch_size=4,
+                      learning_rate=1e-4, save_untrained=True)
+    result = run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache)
+    assert RecordingStudent.calls == ["save:untrained", "trainer_classes", "step", "step", "save:model"]
+    counts = result.manifest.counts
+    assert counts["steps"] == 2 and counts["rows"] > 0 and counts["rows"] + counts["groups_skipped"] == 8
+    student = registry.build("student", "recording", options)
+    assert isinstance(student, RecordingStudent)
+    assert result.manifest.inputs["student"] == fingerprint_obj(student.fingerprint())
+    for name in ("model", "untrained"):
+        assert (tmp_path / "student" / name / "saved-by.txt").read_text(encoding="utf-8") == "RecordingStudent"
+    trained = SentenceTransformer(str(tmp_path / "student" / "model"))
+    untrained = SentenceTransformer(str(tmp_path / "student" / "untrained"))
+    assert trained.max_seq_length == 64
+    assert not np.allclose(trained.encode(TEXTS), untrained.encode(TEXTS), atol=1e-4), "training must change it"
+
+
+def test_training_with_progress_off_prints_nothing(passages, scored, tmp_path, capfd, caplog, monkeypatch):
+    """transformers' PrinterCallback (its choice when progress bars are off) would print each log dict."""
+    import logging
+
+    from retrdistill import progress
+    from retrdistill.stages.train import TrainConfig, run_train
+
+    monkeypatch.setattr(progress, "_enabled", False)
+    cache, scores = scored
+    cfg = TrainConfig(options={"model": "offline:all-MiniLM-L6-v2", "max_seq_length": 64}, negatives_per_query=3,
+                      max_steps=2, batch_size=4, seed=21)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="retrdistill"):
+        result = run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache)
+    assert result.manifest.counts["steps"] == 2
+    assert capfd.readouterr().out == ""
+    assert any("train_runtime" in record.getMessage() for record in caplog.records)  # logged, not printed

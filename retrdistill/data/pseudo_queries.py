@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from retrdistill.data.beir import Collection, Qrels, load_qrels, load_queries
 from retrdistill.errors import ConfigError
+from retrdistill.parts import QuerySource
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"\S+")
@@ -25,7 +27,7 @@ class TrainingQueries:
     positives: Qrels  # query id -> {doc id: grade}; grade >= 1 is a positive
 
 
-class InverseClozeGenerator:
+class InverseClozeGenerator(QuerySource):
     """Inverse cloze pseudo-queries: a span of one sentence of a passage is the query, the passage its positive.
 
     Deterministic for a given seed and corpus. Passages are sampled uniformly without replacement; within a
@@ -46,12 +48,8 @@ class InverseClozeGenerator:
             if not 1 <= self.min_words <= self.max_words:
                 raise ValueError("need 1 <= min_words <= max_words")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "InverseClozeGenerator":
-        return cls(options)
+    def fingerprint(self) -> dict[str, Any]:
+        return {"source": "inverse-cloze", "options": asdict(self.options)}
 
     def generate(self, collection: Collection) -> TrainingQueries:
         opts = self.options
@@ -89,7 +87,7 @@ class InverseClozeGenerator:
         return " ".join(words[start:start + length]).strip(" .,;:!?")
 
 
-class SplitQueries:
+class SplitQueries(QuerySource):
     """The collection's own training split: ``queries.jsonl`` restricted to the queries judged in ``qrels/<split>.tsv``."""
 
     @dataclass
@@ -98,12 +96,11 @@ class SplitQueries:
         max_queries: int | None = None
         seed: int = 13
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    example_variants: ClassVar[dict[str, Any]] = {"split": "test"}
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "SplitQueries":
-        return cls(options)
+    def fingerprint(self) -> dict[str, Any]:
+        """The split's files are the collection's, fingerprinted by the queries stage."""
+        return {"source": "split", "options": asdict(self.options)}
 
     def generate(self, collection: Collection) -> TrainingQueries:
         qrels, _ = collection.qrels(self.options.split)
@@ -115,7 +112,7 @@ class SplitQueries:
         return TrainingQueries({q: collection.queries[q] for q in qids}, {q: positives[q] for q in qids})
 
 
-class FileQueries:
+class FileQueries(QuerySource):
     """Training queries from a BEIR-style queries JSONL file and a qrels TSV file given by path."""
 
     @dataclass
@@ -127,12 +124,22 @@ class FileQueries:
             if not self.queries or not self.qrels:
                 raise ValueError("both 'queries' (a JSONL path) and 'qrels' (a TSV path) are required")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+    example_options: ClassVar[dict[str, Any]] = {"queries": "{small_collection}/queries.jsonl",
+                                                 "qrels": "{small_collection}/qrels/test.tsv"}
+    example_variants: ClassVar[dict[str, Any]] = {"queries": "{sample_dir}/queries.jsonl",
+                                                  "qrels": "{sample_dir}/qrels/test.tsv"}
 
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "FileQueries":
-        return cls(options)
+    def fingerprint(self) -> dict[str, Any]:
+        """The two files by content, not by path."""
+        from retrdistill.artefacts import fingerprint_path
+
+        files = {}
+        for name, path in (("queries", self.options.queries), ("qrels", self.options.qrels)):
+            try:
+                files[name] = fingerprint_path(path)
+            except FileNotFoundError:
+                raise ConfigError(f"query source 'file': {name} file {path!r} does not exist") from None
+        return {"source": "file", "options": files}
 
     def input_files(self) -> list[Path]:
         return [Path(self.options.queries), Path(self.options.qrels)]

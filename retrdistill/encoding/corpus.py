@@ -92,11 +92,10 @@ def corpus_embeddings(
     bar = progress.bar(n, f"encode {Path(model_ref).name}", "psg", initial=done)
     for start in todo:
         texts = corpus.texts(start, start + settings.shard_size)
-        emb = encode_texts(model, texts, batch_size=settings.batch_size, normalize=normalized)
+        emb = encode_texts(model, texts, batch_size=settings.batch_size, normalize=normalized, on_progress=bar.update)
         with atomic_path(shards / f"{start:012d}.npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, emb)
-        bar.update(len(texts))
     bar.close()
     dim = embedding_dim(model)
     with atomic_path(folder / "embeddings.npy") as tmp:

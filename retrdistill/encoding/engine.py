@@ -122,8 +122,13 @@ def encode_texts(
     batch_size: int = 64,
     normalize: bool = False,
     show_progress: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` with a SentenceTransformer; float32 array of shape (len(texts), dim), input order."""
+    """Embed ``texts`` with a SentenceTransformer; float32 array of shape (len(texts), dim), input order.
+
+    ``on_progress(n)`` is called after each encoded batch with the number of ``texts`` it finished (repeats
+    of a deduplicated text included), so the calls add up to ``len(texts)``: ``on_progress=bar.update``.
+    """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     n = len(texts)
@@ -132,7 +137,8 @@ def encode_texts(
     opts = _options
     plan = _plan_encoder(model) if opts.fast_path else None
     if plan is None:
-        return _st_encode(model, texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+        return _st_encode(model, texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress,
+                          on_progress=on_progress)
     truncate_dim = getattr(model, "truncate_dim", None)
 
     def finish(features: dict[str, Any]) -> Any:
@@ -148,9 +154,10 @@ def encode_texts(
     prepared = _prepare(texts, pairs=False, dedupe=opts.dedupe)
     if prepared is None:
         log.debug("encoding engine: non-text input, using sentence-transformers' own path")
-        return _st_encode(model, texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress)
+        return _st_encode(model, texts, batch_size=batch_size, normalize=normalize, show_progress=show_progress,
+                          on_progress=on_progress)
     return _run(model, plan, texts, prepared, finish, batch_size=batch_size, show_progress=show_progress,
-                opts=opts, what="texts")
+                opts=opts, what="texts", on_progress=on_progress)
 
 
 def score_pairs(
@@ -204,15 +211,19 @@ def _embedding_dim(model: Any) -> int:
     return 0
 
 
-def _st_encode(model: Any, texts: Sequence[str], *, batch_size: int, normalize: bool, show_progress: bool) -> np.ndarray:
-    emb = model.encode(
-        list(texts),
-        batch_size=batch_size,
-        normalize_embeddings=normalize,
-        convert_to_numpy=True,
-        show_progress_bar=show_progress,
-    )
-    return np.asarray(emb, dtype=np.float32).reshape(len(texts), -1)
+def _st_encode(model: Any, texts: Sequence[str], *, batch_size: int, normalize: bool, show_progress: bool,
+               on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """sentence-transformers' own ``encode``; with ``on_progress``, in chunks of a few batches, reported per chunk."""
+    step = len(texts) if on_progress is None else batch_size * _FALLBACK_CHUNK_BATCHES
+    parts = []
+    for start in range(0, len(texts), step):
+        chunk = list(texts[start:start + step])
+        emb = model.encode(chunk, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
+                           show_progress_bar=show_progress)
+        parts.append(np.asarray(emb, dtype=np.float32).reshape(len(chunk), -1))
+        if on_progress is not None:
+            on_progress(len(chunk))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _st_predict(model: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int, show_progress: bool) -> np.ndarray:
@@ -553,6 +564,7 @@ class _Inline:
 
 
 _INLINE_MAX = 32  # inputs up to this many are tokenised on the calling thread
+_FALLBACK_CHUNK_BATCHES = 8  # sentence-transformers' own path with a progress callback: batches per call
 
 
 # ------------------------------------------------------------------------------------------------ device sizing
@@ -630,6 +642,7 @@ def _run(
     show_progress: bool,
     opts: EngineOptions,
     what: str,
+    on_progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     import torch
     from tqdm.auto import tqdm
@@ -659,6 +672,8 @@ def _run(
     out: np.ndarray | None = None
     pending: deque = deque()
     stats = {"batches": 0, "real_tokens": 0, "padded_tokens": 0}
+    # how many inputs each distinct row stands for, so progress counts inputs, not distinct rows
+    weight = None if inverse is None else np.bincount(inverse, minlength=n_distinct)
 
     def drain(keep: int) -> None:
         nonlocal out
@@ -695,6 +710,8 @@ def _run(
                 stats["real_tokens"] += batch.real_tokens
                 stats["padded_tokens"] += batch.padded_tokens
                 progress.update(len(batch.positions))
+                if on_progress is not None:
+                    on_progress(len(batch.positions) if weight is None else int(weight[batch.positions].sum()))
             drain(keep=0)
     finally:
         producer.close()

@@ -8,13 +8,18 @@ Inner product is the metric: embeddings of cosine models are normalised before t
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from retrdistill.parts import Indexer
+
 log = logging.getLogger(__name__)
 _ADD_CHUNK = 65_536
+_SEARCH_BATCH = 1024
 
 
 def gpu_available() -> bool:
@@ -26,8 +31,11 @@ def gpu_available() -> bool:
         return False
 
 
-class FaissIndexer:
-    """Common build / save / load / search for the FAISS index families."""
+class FaissIndexer(Indexer):
+    """Common build / save / load / search for the FAISS index families; the index is ``index.faiss``.
+
+    ``use_gpu`` decides only where a loaded index is searched (the saved file is the same), so it is output-neutral.
+    """
 
     @dataclass
     class Options:
@@ -37,15 +45,12 @@ class FaissIndexer:
             if self.use_gpu not in ("auto", "always", "never"):
                 raise ValueError("use_gpu must be one of: auto, always, never")
 
-    def __init__(self, options) -> None:
-        self.options = options
+    output_neutral: ClassVar[tuple[str, ...]] = ("use_gpu",)
+    example_variants: ClassVar[dict[str, str]] = {"use_gpu": "never"}
 
-    @classmethod
-    def from_options(cls, options, **_: object):
-        return cls(options)
-
-    def make(self, dim: int, n: int):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def make(self, dim: int, n: int):
+        """An empty faiss index for ``n`` vectors of width ``dim``."""
 
     def build(self, embeddings: np.ndarray):
         import faiss
@@ -68,7 +73,29 @@ class FaissIndexer:
         return np.ascontiguousarray(embeddings[rows], dtype=np.float32)
 
     def configure_search(self, index) -> None:
-        pass
+        """Set the index's search-time parameters from the options (none for a flat index)."""
+
+    def save(self, index, folder: Path) -> None:
+        """Write ``index`` (on the CPU or a GPU) to ``folder/index.faiss``, atomically."""
+        save_index(index, Path(folder) / self.index_file)
+
+    def load(self, folder: Path):
+        """The index saved in ``folder``, memory-mapped where faiss can, on the GPU where :meth:`to_device` puts it."""
+        index = _read_index(Path(folder) / self.index_file)
+        self.configure_search(index)
+        return self.to_device(index)
+
+    def search(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores, rows)`` for each query row (float32 ``(m, dim)``), ``_SEARCH_BATCH`` rows at a
+        time; rows of -1 where fewer than ``k`` exist."""
+        k = min(k, index.ntotal)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        rows = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), _SEARCH_BATCH):
+            s, i = index.search(np.ascontiguousarray(queries[start:start + _SEARCH_BATCH], dtype=np.float32), k)
+            scores[start:start + len(s)] = s
+            rows[start:start + len(i)] = i
+        return scores, rows
 
     def to_device(self, index):
         """The index on the GPU when asked or available, else unchanged."""
@@ -138,19 +165,10 @@ class HNSWIndexer(FaissIndexer):
         return index
 
 
-def search(index, queries: np.ndarray, k: int, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, row indices) for each query row; -1 rows where fewer than k exist."""
-    k = min(k, index.ntotal)
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    rows = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), batch_size):
-        s, i = index.search(np.ascontiguousarray(queries[start:start + batch_size], dtype=np.float32), k)
-        scores[start:start + len(s)] = s
-        rows[start:start + len(i)] = i
-    return scores, rows
-
-
 def save_index(index, path: str | Path) -> None:
+    """``index`` written to the file ``path`` (a GPU index is copied to the CPU first), atomically.
+
+    Kept for callers outside the indexers; prefer :meth:`FaissIndexer.save`."""
     import faiss
 
     from retrdistill.artefacts import atomic_path
@@ -161,11 +179,10 @@ def save_index(index, path: str | Path) -> None:
         faiss.write_index(index, str(tmp))
 
 
-def load_index(path: str | Path, *, mmap: bool = True):
+def _read_index(path: Path):
     import faiss
 
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     try:
-        return faiss.read_index(str(path), flags)
-    except RuntimeError:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:  # index types faiss cannot memory-map
         return faiss.read_index(str(path))

@@ -8,27 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from retrdistill.parts import Loss
 
-class MarginMSE:
+
+class MarginMSE(Loss):
     """Margin-MSE (Hofstätter et al., 2020) via ``MarginMSELoss``.
 
     Label: the teacher's margins ``[T(q,pos) - T(q,neg_i) for i in 1..n]``. Student similarity: dot product
     (equal to cosine for normalised students such as all-MiniLM-L6-v2).
     """
-
-    @dataclass
-    class Options:
-        pass
-
-    def __init__(self, options: Options | None = None) -> None:
-        self.options = options
-
-    @classmethod
-    def from_options(cls, options: Options | None, **_: object) -> "MarginMSE":
-        return cls(options)
 
     @staticmethod
     def label(teacher_scores: list[float]) -> list[float]:
@@ -41,7 +31,7 @@ class MarginMSE:
         return MarginMSELoss(model)
 
 
-class ListwiseKL:
+class ListwiseKL(Loss):
     """Listwise KL distillation via ``DistillKLDivLoss``: KL(teacher softmax || student softmax) over
     ``[pos, neg_1..neg_n]``, both divided by ``temperature``.
 
@@ -57,13 +47,6 @@ class ListwiseKL:
             if self.temperature <= 0:
                 raise ValueError("temperature must be positive")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "ListwiseKL":
-        return cls(options)
-
     @staticmethod
     def label(teacher_scores: list[float]) -> list[float]:
         return list(teacher_scores)
@@ -73,18 +56,3 @@ class ListwiseKL:
 
         return DistillKLDivLoss(model, temperature=self.options.temperature)
 
-
-class WeightedSum(nn.Module):
-    """Weighted sum of sentence-transformers losses over the same batch (e.g. distillation + in-batch negatives)."""
-
-    def __init__(self, model, parts: list[tuple[float, nn.Module]]) -> None:
-        super().__init__()
-        self.model = model
-        self.weights = [w for w, _ in parts]
-        self.parts = nn.ModuleList([loss for _, loss in parts])
-
-    def forward(self, sentence_features, labels: torch.Tensor) -> torch.Tensor:
-        from sentence_transformers.base.losses.merged_forward import embed_columns
-
-        embeddings = embed_columns(self.model, sentence_features)  # once, shared by every part
-        return sum(w * loss.compute_loss_from_embeddings(embeddings, labels) for w, loss in zip(self.weights, self.parts))

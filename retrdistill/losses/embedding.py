@@ -11,6 +11,9 @@ embedding part is on, by ``n + 2`` row numbers into the teacher tables: the quer
 each passage's row in the passage table. The tables live on the loss (buffers, never trained or saved), so the
 dataset stays small whatever the teacher's width. Row numbers travel as float32 labels, exact below 2**24 rows.
 
+The train stage reaches this module only through its objective builder,
+:class:`retrdistill.training.objective.DistillObjective`.
+
 Teacher embeddings. Passages come from the teacher's cached corpus embeddings (the ones scoring used; nothing
 is re-encoded); training queries are encoded with the teacher once (short texts) and cached by content.
 """

@@ -6,18 +6,22 @@ import logging
 from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from retrdistill.artefacts import atomic_dir, fingerprint_obj, write_json_atomic
 from retrdistill.data.beir import Corpus
+from retrdistill.parts import Hits, Miner
 
 log = logging.getLogger(__name__)
-Hits = dict[str, list[tuple[str, float]]]
 
 
-class BM25Miner:
-    """bm25s BM25 over title + text, English stopwords and Snowball stemming by default."""
+class BM25Miner(Miner):
+    """bm25s BM25 over title + text, English stopwords and Snowball stemming by default.
+
+    Context: ``corpus`` (searched) and ``cache_dir`` (its index is cached under ``bm25/``).
+    """
 
     @dataclass
     class Options:
@@ -27,17 +31,14 @@ class BM25Miner:
         stopwords: str | None = "en"
         stemmer: str | None = "english"
 
-    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
-        self.options = options
-        self.corpus = corpus
-        self.cache_dir = Path(cache_dir)
+    example_variants: ClassVar[dict[str, Any]] = {"method": "robertson"}
+    corpus: Corpus
+    cache_dir: Path
+
+    def setup(self) -> None:
         self._retriever = None
         self._tokenizer = None
         self._doc_ids: list[str] | None = None
-
-    @classmethod
-    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "BM25Miner":
-        return cls(options, corpus, cache_dir)
 
     def fingerprint(self) -> dict:
         return {"miner": "bm25", "options": asdict(self.options), "corpus": self.corpus.fingerprint}

@@ -2,46 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from retrdistill.data.beir import Corpus
 from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
 from retrdistill.encoding.engine import encode_texts
-from retrdistill.indexers.faiss_index import FlatIndexer, search
+from retrdistill.indexers.faiss_index import FlatIndexer
 from retrdistill.models import model_fingerprint
+from retrdistill.parts import Hits, Miner
 
-Hits = dict[str, list[tuple[str, float]]]
 
+class DenseMiner(Miner):
+    """Context: ``corpus`` (searched) and ``cache_dir`` (its embeddings are cached under ``embeddings/``)."""
 
-class DenseMiner:
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
         batch_size: int = 64
         max_seq_length: int | None = None
 
-    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
-        self.options = options
-        self.corpus = corpus
-        self.cache_dir = Path(cache_dir)
-        self.settings = EncodeSettings(batch_size=options.batch_size, max_seq_length=options.max_seq_length)
-        self._loaded = None  # (model, index, normalized, doc ids), built on the first search
+    output_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
+    corpus: Corpus
+    cache_dir: Path
 
-    @classmethod
-    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "DenseMiner":
-        return cls(options, corpus, cache_dir)
+    def setup(self) -> None:
+        self.settings = EncodeSettings(batch_size=self.options.batch_size, max_seq_length=self.options.max_seq_length)
+        self._loaded = None  # (model, index, normalized), built on the first search
+        self._indexer = FlatIndexer()
 
     def fingerprint(self) -> dict:
-        return {"miner": "dense", "options": {**asdict(self.options), "model": model_fingerprint(self.options.model)},
+        return {"miner": "dense", "options": {**self.output_options(), "model": model_fingerprint(self.options.model)},
                 "corpus": self.corpus.fingerprint}
 
     def _load(self):
         if self._loaded is None:
             model = load_encoder(self.options.model, self.settings)
             store = corpus_embeddings(self.options.model, self.corpus, self.cache_dir, self.settings, model=model)
-            indexer = FlatIndexer(FlatIndexer.Options())
-            index = indexer.to_device(indexer.build(store.embeddings))
+            index = self._indexer.to_device(self._indexer.build(store.embeddings))
             self._loaded = (model, index, store.normalized)
         return self._loaded
 
@@ -49,5 +48,5 @@ class DenseMiner:
         model, index, normalized = self._load()
         qids = list(queries)
         q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=self.options.batch_size, normalize=normalized)
-        scores, rows = search(index, q_emb, depth)
+        scores, rows = self._indexer.search(index, q_emb, depth)
         return dict(zip(qids, self.corpus.hits(scores, rows)))

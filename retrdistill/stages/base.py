@@ -1,4 +1,9 @@
-"""What every stage shares: skip-if-current, atomic output folder, manifest written last."""
+"""What every stage shares: the work a step is asked to do, skip-if-current, an atomic output folder, the
+manifest written last with the step's cost (wall time, peak memory).
+
+A stage is two calls: ``prepare_X(...) -> Work`` says what would be done (config, input fingerprints, output
+folder) without doing it, so a pipeline can plan; ``Work.run()`` does it unless the folder already holds it.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from retrdistill.artefacts import (
     write_manifest,
 )
 from retrdistill.errors import ManifestError
+from retrdistill.memory import PeakMemory
 
 log = logging.getLogger(__name__)
 VERSIONED = ("torch", "sentence-transformers", "transformers", "faiss-cpu", "bm25s", "ranx", "datasets", "numpy")
@@ -37,22 +43,29 @@ class StageResult:
     def seconds(self) -> float:
         return 0.0 if self.skipped else self.manifest.seconds
 
+    @property
+    def memory(self) -> dict[str, Any]:
+        return dict(self.manifest.memory)
+
 
 def config_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
 
 
-def upstream(folder: str | Path, stage: str) -> Manifest:
-    """The manifest of a finished upstream artefact, or a clear error saying which stage to run."""
+def upstream(folder: str | Path, kind: str | tuple[str, ...]) -> Manifest:
+    """The manifest of a finished artefact of ``kind`` (one kind or several accepted), or a clear error."""
     folder = Path(folder)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     manifest = read_manifest(folder)
     if manifest is None:
-        raise ManifestError(f"{folder}: no finished {stage!r} artefact here (no manifest.json); run `retrdistill {stage}` first")
-    if manifest.stage != stage:
-        raise ManifestError(f"{folder}: holds a {manifest.stage!r} artefact, expected {stage!r}")
+        raise ManifestError(f"{folder}: no finished {' or '.join(kinds)} artefact here (no manifest.json); "
+                            f"run the step that writes it first")
+    if manifest.kind not in kinds:
+        raise ManifestError(f"{folder}: holds a {manifest.kind!r} artefact, expected {' or '.join(map(repr, kinds))}")
     bad = verify_outputs(folder, manifest)
     if bad:
-        raise ManifestError(f"{folder}: files changed since the manifest was written: {', '.join(bad[:5])}; rerun the {stage!r} stage")
+        raise ManifestError(f"{folder}: files changed since the manifest was written: {', '.join(bad[:5])}; "
+                            f"rerun the step that wrote it")
     return manifest
 
 
@@ -60,33 +73,104 @@ def file_input(path: str | Path) -> str:
     return fingerprint_path(path)
 
 
-def execute(
-    stage: str,
-    out_dir: str | Path,
-    config: dict[str, Any],
-    inputs: dict[str, str],
-    body: Callable[[Path], dict[str, Any]],
-    *,
-    force: bool = False,
-) -> StageResult:
-    """Run ``body(tmp_dir) -> counts`` unless ``out_dir`` already holds this exact work; swap the result in atomically."""
-    out_dir = Path(out_dir)
-    key = stage_key(stage, config, inputs)
-    existing = read_manifest(out_dir)
-    if existing is None and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise ManifestError(f"{out_dir}: exists, is not empty and holds no retrdistill manifest; refusing to overwrite it")
-    if existing is not None and existing.stage != stage:
-        raise ManifestError(f"{out_dir}: holds a {existing.stage!r} artefact; refusing to overwrite it with {stage!r}")
-    if not force and existing is not None and existing.key == key and not verify_outputs(out_dir, existing):
-        log.info("%s: up to date in %s, skipped", stage, out_dir)
-        return StageResult(stage, out_dir, existing, skipped=True)
-    if existing is not None:
-        log.info("%s: %s is stale (config, inputs or files changed); rebuilding", stage, out_dir)
-    started = time.perf_counter()
-    with atomic_dir(out_dir) as tmp:
-        counts = body(tmp)
-        manifest = Manifest(stage=stage, key=key, config=config, inputs=inputs, counts=counts,
-                            versions=library_versions(*VERSIONED), seconds=round(time.perf_counter() - started, 3))
-        write_manifest(tmp, manifest)
-    log.info("%s: done in %.1fs -> %s", stage, manifest.seconds, out_dir)
-    return StageResult(stage, out_dir, manifest, skipped=False)
+@dataclass
+class Work:
+    """What one step is asked to do: write a ``kind`` artefact to ``out_dir`` from ``inputs`` under ``config``."""
+
+    stage: str
+    kind: str
+    out_dir: Path
+    config: dict[str, Any]
+    inputs: dict[str, str]  # input name -> fingerprint
+    body: Callable[[Path], dict[str, Any]]  # writes the files into a temporary folder, returns counts
+    step: str = ""  # the pipeline step id, recorded in the manifest (not part of the key)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+
+    @property
+    def key(self) -> str:
+        return stage_key(self.stage, self.config, self.inputs)
+
+    def status(self) -> tuple[str, str]:
+        """``(state, why)``: state is ``current``, ``new`` or ``stale``; why says what changed."""
+        existing = read_manifest(self.out_dir)
+        if existing is None:
+            return "new", "no finished artefact"
+        if existing.key == self.key:
+            bad = verify_outputs(self.out_dir, existing)
+            return ("stale", f"files changed: {', '.join(bad[:3])}") if bad else ("current", "up to date")
+        if existing.config != _jsonable(self.config):
+            changed = sorted(k for k in set(existing.config) | set(self.config)
+                             if existing.config.get(k) != _jsonable(self.config).get(k))
+            return "stale", f"config changed: {', '.join(changed) or 'format'}"
+        changed = sorted(k for k in set(existing.inputs) | set(self.inputs) if existing.inputs.get(k) != self.inputs.get(k))
+        return "stale", f"input changed: {', '.join(changed) or 'format'}"
+
+    def run(self, *, force: bool = False) -> StageResult:
+        """Do the work unless ``out_dir`` already holds it; swap the result in atomically, manifest last."""
+        existing = read_manifest(self.out_dir)
+        if existing is None and self.out_dir.is_dir() and any(self.out_dir.iterdir()):
+            raise ManifestError(f"{self.out_dir}: exists, is not empty and holds no retrdistill manifest; refusing to overwrite it")
+        if existing is not None and existing.kind != self.kind:
+            raise ManifestError(f"{self.out_dir}: holds a {existing.kind!r} artefact; refusing to overwrite it with {self.kind!r}")
+        key = self.key
+        if not force and existing is not None and existing.key == key and not verify_outputs(self.out_dir, existing):
+            log.info("%s: up to date in %s, skipped", self.stage, self.out_dir)
+            return StageResult(self.stage, self.out_dir, existing, skipped=True)
+        if existing is not None:
+            log.info("%s: %s is stale (config, inputs or files changed); rebuilding", self.stage, self.out_dir)
+        started = time.perf_counter()
+        with atomic_dir(self.out_dir) as tmp, PeakMemory() as memory:
+            counts = self.body(tmp)
+            manifest = Manifest(stage=self.stage, kind=self.kind, step=self.step, key=key, config=self.config, inputs=self.inputs,
+                                counts=counts, versions=library_versions(*VERSIONED),
+                                seconds=round(time.perf_counter() - started, 3), memory=memory.report())
+            write_manifest(tmp, manifest)
+        log.info("%s: done in %.1fs (peak RSS %s MB) -> %s", self.stage, manifest.seconds,
+                 manifest.memory.get("peak_rss_mb"), self.out_dir)
+        return StageResult(self.stage, self.out_dir, manifest, skipped=False)
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def execute(stage: str, kind: str, out_dir: str | Path, config: dict[str, Any], inputs: dict[str, str],
+            body: Callable[[Path], dict[str, Any]], *, force: bool = False) -> StageResult:
+    """``Work(...).run()`` in one call, for parts that write an artefact outside a pipeline step."""
+    return Work(stage, kind, Path(out_dir), config, inputs, body).run(force=force)
+
+
+# ------------------------------------------------------------------ stages as pipeline steps
+@dataclass(frozen=True)
+class StepInput:
+    """A step key that references another step's artefact (``@id`` or ``@id.part``)."""
+
+    kinds: tuple[str, ...]  # accepted artefact kinds
+    help: str
+    literal: bool = False  # a plain value (a path, a model name) is accepted instead of a reference
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a step runs: its collection, the shared cache and its own output folder."""
+
+    collection: Path
+    cache_dir: Path
+    out_dir: Path
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage as the pipeline sees it (registered under kind ``stage``): its config dataclass, the references
+    it takes, the artefact kind it writes, and how to prepare its work from resolved inputs."""
+
+    name: str
+    config: type
+    output: str  # artefact kind (retrdistill.kinds)
+    inputs: dict[str, StepInput]
+    prepare: Callable[[Any, dict[str, str], StepContext], Any]  # (config, input paths, context) -> Work-like
+    summary: str = ""

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import fingerprint_obj, read_manifest, write_json_atomic
+from retrdistill.artefacts import Manifest, write_json_atomic
 from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError
-from retrdistill.stages.base import StageResult, config_dict, execute, file_input
+from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,25 @@ class SystemSpec:
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@100", "mrr@10", "map"])
-    depth: int = 100
+    split: str = field(default="test", metadata={"help": "Evaluation split (qrels/<split>.tsv)."})
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@100", "mrr@10", "map"],
+                               metadata={"help": "Metric like ndcg@10."})
+    depth: int = field(default=100, metadata={"help": "Documents retrieved per query."})
     systems: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "BM25", "type": "bm25"}])
-    baseline: str | None = None
-    stat_test: str = "fisher"
-    correction: str = "holm"
-    measure_cost: bool = True
-    dataset_name: str | None = None
+    baseline: str | None = field(default=None, metadata={"help": "System the others are tested against."})
+    stat_test: str = field(default="fisher",
+                           metadata={"help": "Significance test: fisher (randomisation) or student (paired t-test)."})
+    correction: str = field(default="holm",
+                            metadata={"help": "Multiple-comparison correction: holm, bonferroni or none."})
+    measure_cost: bool = field(default=True, metadata={"help": "Measure each system's cost (passages/s, ms/query, "
+                                                               "index size, parameters)."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Dataset name on the leaderboard; default: the "
+                                                                     "collection folder's name."})
     # BEIR-format collections, or folders of them, evaluated in one call (per-dataset and mean rows); empty: the
     # one collection the stage is given. Paths are inputs, not config: each dataset's artefact keys on its content.
-    datasets: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list, metadata={
+        "help": "Instead of --collection: a folder of BEIR-format collections (or one collection). "
+                "Writes OUT/datasets/<name>/ per dataset and OUT/leaderboard/ with per-dataset and mean rows."})
 
     def __post_init__(self) -> None:
         from retrdistill.evaluation.metrics import validate_metrics
@@ -55,13 +62,11 @@ class EvalConfig:
             unknown = set(raw) - {"name", "type", "options"}
             if unknown:
                 raise ConfigError(f"eval system {raw['name']!r}: unknown key(s) {', '.join(sorted(unknown))}; expected name, type, options")
-            cls = registry.entry("system", raw["type"]).load()
-            combines = getattr(cls, "combines", None)
-            if combines is not None:  # a fused system: its parts must be listed before it
-                for part in combines(dict(raw.get("options") or {})):
-                    if part not in names:
-                        raise ConfigError(f"eval system {raw['name']!r} fuses {part!r}, which is not a system listed "
-                                          f"before it; listed before: {', '.join(names) or 'none'}")
+            system = registry.build("system", raw["type"], dict(raw.get("options") or {}))
+            for part in system.combines():  # a fused system: its parts must be listed before it
+                if part not in names:
+                    raise ConfigError(f"eval system {raw['name']!r} fuses {part!r}, which is not a system listed "
+                                      f"before it; listed before: {', '.join(names) or 'none'}")
             names.append(raw["name"])
         if len(set(names)) != len(names):
             raise ConfigError(f"eval systems need distinct names, got: {', '.join(names)}")
@@ -85,28 +90,12 @@ def _key_config(cfg: EvalConfig) -> dict[str, Any]:
     return config
 
 
-def _system_input(spec: SystemSpec) -> str:
-    """What identifies a system's output: its saved index's manifest, or its type and options (models hashed)."""
-    if spec.type == "index":
-        manifest = read_manifest(spec.options.get("path", ""))
-        if manifest is None:
-            raise ConfigError(f"eval system {spec.name!r}: {spec.options.get('path')!r} is not a finished index")
-        return manifest.fingerprint
-    if spec.type == "run":
-        return file_input(spec.options.get("path", ""))
-    from retrdistill.models import model_fingerprint
-
-    opts = dict(spec.options)
-    if "model" in opts:
-        opts["model"] = model_fingerprint(opts["model"])
-    inner = opts.get("options")
-    if isinstance(inner, dict) and "model" in inner:
-        opts["options"] = {**inner, "model": model_fingerprint(inner["model"])}
-    return fingerprint_obj({"type": spec.type, "options": opts})
-
-
 def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path,
              force: bool = False) -> StageResult:
+    return prepare_eval(cfg, collection_dir, out_dir, cache_dir=cache_dir).run(force=force)
+
+
+def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path) -> Work:
     from retrdistill.evaluation import leaderboard as lb
     from retrdistill.evaluation.compare import compare_results
     from retrdistill.evaluation.metrics import evaluate
@@ -115,9 +104,10 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     dataset = cfg.dataset_name or collection.root.name
     specs = cfg.specs()
+    systems = {s.name: registry.build("system", s.type, s.options) for s in specs}
     inputs = {"corpus": collection.corpus.fingerprint, "queries": file_input(collection.root / "queries.jsonl"),
               "qrels": file_input(collection.qrels_path(cfg.split))}
-    inputs.update({f"system:{s.name}": _system_input(s) for s in specs})
+    inputs.update({f"system:{name}": system.input_fingerprint() for name, system in systems.items()})
     config = _key_config(cfg)
 
     def body(tmp: Path) -> dict[str, Any]:
@@ -128,12 +118,8 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
         results, rows = {}, {}
         bar = progress.bar(len(specs), "eval systems", "system")
         for spec in specs:
-            system = registry.build("system", spec.type, spec.options)
             log.info("eval: running %s (%s) on %d queries", spec.name, spec.type, len(judged))
-            if hasattr(system, "fuse"):
-                out = system.fuse(rows, cfg.depth)
-            else:
-                out = system.run(corpus, judged, cfg.depth, Path(cache_dir), cfg.measure_cost)
+            out = systems[spec.name].run(corpus, judged, cfg.depth, Path(cache_dir), cfg.measure_cost, earlier=rows)
             write_trec_run(tmp / "runs" / f"{_slug(spec.name)}.trec", out.run, tag=_slug(spec.name))
             results[spec.name] = evaluate(qrels, out.run, cfg.metrics)
             rows[spec.name] = out
@@ -169,7 +155,7 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
         return {"queries": len(queries), "judged_queries": r0.n_queries,
                 "systems": {name: res.mean for name, res in results.items()}}
 
-    return execute("eval", out_dir, config, inputs, body, force=force)
+    return Work("eval", "eval", Path(out_dir), config, inputs, body)
 
 
 @dataclass
@@ -200,6 +186,16 @@ class DatasetsResult:
     def seconds(self) -> float:
         return sum(r.seconds for r in [*self.datasets.values(), self.leaderboard])
 
+    @property
+    def memory(self) -> dict[str, Any]:
+        """The highest peaks of the per-dataset evaluations and the combined leaderboard."""
+        out: dict[str, Any] = {}
+        for r in [*self.datasets.values(), self.leaderboard]:
+            for key, value in r.memory.items():
+                if key.startswith("peak") and value is not None:
+                    out[key] = max(out.get(key) or 0, value)
+        return out
+
 
 def run_eval_datasets(cfg: EvalConfig, datasets: list[str | Path], out_dir: str | Path, *, cache_dir: str | Path,
                       force: bool = False) -> DatasetsResult:
@@ -211,35 +207,90 @@ def run_eval_datasets(cfg: EvalConfig, datasets: list[str | Path], out_dir: str 
     combined leaderboard: per-dataset rows with their significance tests, and each system's mean over the
     datasets; JSON, Markdown and HTML; its manifest keys on the per-dataset manifests).
     """
+    return prepare_eval_datasets(cfg, datasets, out_dir, cache_dir=cache_dir).run(force=force)
+
+
+@dataclass
+class DatasetsWork:
+    """The work of a many-dataset evaluation: one eval per dataset, then the combined leaderboard."""
+
+    cfg: EvalConfig
+    out_dir: Path
+    datasets: dict[str, Work]
+
+    def combined(self, manifests: dict[str, Manifest]) -> Work:
+        from retrdistill.evaluation import leaderboard as lb
+
+        cfg = self.cfg
+        config = {"datasets": list(self.datasets), "metrics": list(cfg.metrics), "baseline": cfg.baseline,
+                  "split": cfg.split}
+        inputs = {f"eval:{name}": m.fingerprint for name, m in manifests.items()}
+        folders = {name: work.out_dir for name, work in self.datasets.items()}
+
+        def body(tmp: Path) -> dict[str, Any]:
+            board = lb.Leaderboard(title=f"retrdistill — {len(folders)} datasets ({cfg.split})", baseline=cfg.baseline,
+                                   metric_order=list(cfg.metrics))
+            for folder in folders.values():
+                for row in lb.load_leaderboard(folder / "leaderboard.json").rows:
+                    board.add(row)
+            lb.write_json(board, tmp / "leaderboard.json")
+            lb.write_markdown(board, tmp / "leaderboard.md")
+            lb.write_html(board, tmp / "leaderboard.html")
+            return {"datasets": len(folders), "rows": len(board.rows),
+                    "mean": {r.system: r.metrics for r in board.mean_rows()}}
+
+        return Work("leaderboard", "eval", self.out_dir / "leaderboard", config, inputs, body)
+
+    def status(self) -> tuple[str, str]:
+        from retrdistill.artefacts import read_manifest
+
+        states = {name: work.status() for name, work in self.datasets.items()}
+        stale = [f"{name}: {why}" for name, (state, why) in states.items() if state != "current"]
+        if stale:
+            new = all(state == "new" for state, _ in states.values())
+            return ("new" if new else "stale"), "; ".join(stale[:3])
+        return self.combined({name: read_manifest(w.out_dir) for name, w in self.datasets.items()}).status()
+
+    def run(self, *, force: bool = False) -> DatasetsResult:
+        per_dataset: dict[str, StageResult] = {}
+        bar = progress.bar(len(self.datasets), "eval datasets", "dataset")
+        for name, work in self.datasets.items():
+            log.info("eval: dataset %s", name)
+            per_dataset[name] = work.run(force=force)
+            bar.update()
+        bar.close()
+        combined = self.combined({name: r.manifest for name, r in per_dataset.items()}).run(force=force)
+        return DatasetsResult(per_dataset, combined)
+
+
+def prepare_eval_datasets(cfg: EvalConfig, datasets: list[str | Path], out_dir: str | Path, *,
+                          cache_dir: str | Path) -> DatasetsWork:
     from dataclasses import replace
 
     from retrdistill.data.beir import find_collections
-    from retrdistill.evaluation import leaderboard as lb
 
-    found = find_collections(list(datasets))
     out_dir = Path(out_dir)
-    per_dataset: dict[str, StageResult] = {}
-    bar = progress.bar(len(found), "eval datasets", "dataset")
-    for name, root in found.items():
-        log.info("eval: dataset %s (%s)", name, root)
-        per_dataset[name] = run_eval(replace(cfg, datasets=[], dataset_name=name), root, out_dir / "datasets" / name,
-                                     cache_dir=cache_dir, force=force)
-        bar.update()
-    bar.close()
-    config = {"datasets": list(found), "metrics": list(cfg.metrics), "baseline": cfg.baseline, "split": cfg.split}
-    inputs = {f"eval:{name}": r.manifest.fingerprint for name, r in per_dataset.items()}
+    found = find_collections(list(datasets))
+    works = {name: prepare_eval(replace(cfg, datasets=[], dataset_name=name), root, out_dir / "datasets" / name,
+                                cache_dir=cache_dir)
+             for name, root in found.items()}
+    return DatasetsWork(cfg, out_dir, works)
 
-    def body(tmp: Path) -> dict[str, Any]:
-        board = lb.Leaderboard(title=f"retrdistill — {len(found)} datasets ({cfg.split})", baseline=cfg.baseline,
-                               metric_order=list(cfg.metrics))
-        for name, result in per_dataset.items():
-            for row in lb.load_leaderboard(result.out_dir / "leaderboard.json").rows:
-                board.add(row)
-        lb.write_json(board, tmp / "leaderboard.json")
-        lb.write_markdown(board, tmp / "leaderboard.md")
-        lb.write_html(board, tmp / "leaderboard.html")
-        return {"datasets": len(found), "rows": len(board.rows),
-                "mean": {r.system: r.metrics for r in board.mean_rows()}}
 
-    combined = execute("leaderboard", out_dir / "leaderboard", config, inputs, body, force=force)
-    return DatasetsResult(per_dataset, combined)
+def leaderboard_file(eval_dir: str | Path) -> Path:
+    """The Markdown leaderboard of an eval artefact: the combined one of a many-dataset evaluation, else its own."""
+    eval_dir = Path(eval_dir)
+    combined = eval_dir / "leaderboard" / "leaderboard.md"
+    return combined if combined.is_file() else eval_dir / "leaderboard.md"
+
+
+def _prepare_step(cfg: EvalConfig, refs: dict[str, str], ctx) -> Work | DatasetsWork:
+    if cfg.datasets:
+        return prepare_eval_datasets(cfg, cfg.datasets, ctx.out_dir, cache_dir=ctx.cache_dir)
+    return prepare_eval(cfg, ctx.collection, ctx.out_dir, cache_dir=ctx.cache_dir)
+
+
+STAGE = StageSpec(
+    name="eval", config=EvalConfig, output="eval", inputs={}, prepare=_prepare_step,
+    summary="run systems on evaluation queries, score with ranx, write the leaderboard",
+)

@@ -16,15 +16,17 @@ from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomi
 from retrdistill.data.beir import open_collection
 from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
 from retrdistill.models import model_fingerprint
-from retrdistill.stages.base import StageResult, config_dict, execute
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 
 
 @dataclass
 class IndexConfig:
-    indexer: str = "faiss-flat"
-    options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64
-    max_seq_length: int | None = None
+    indexer: str = field(default="faiss-flat", metadata={"help": "Index family."})
+    options: dict[str, Any] = field(default_factory=dict,
+                                    metadata={"help": "Options of the indexer, e.g. -o nlist=1024."})
+    batch_size: int = field(default=64, metadata={"help": "Passages per encoding batch."})
+    max_seq_length: int | None = field(default=None,
+                                       metadata={"help": "Token limit per passage; default: the model's own."})
 
     def __post_init__(self) -> None:
         registry.entry("indexer", self.indexer)
@@ -32,6 +34,13 @@ class IndexConfig:
 
 def run_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir: str | Path, *,
               cache_dir: str | Path, force: bool = False) -> StageResult:
+    return prepare_index(cfg, collection_dir, model, out_dir, cache_dir=cache_dir).run(force=force)
+
+
+def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir: str | Path, *,
+                  cache_dir: str | Path) -> Work:
+    """``model``: the encoder (a student artefact's model folder, a path, a hub name or offline:NAME)."""
+    model = str(model)
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     corpus = collection.corpus
     indexer = registry.build("indexer", cfg.indexer, cfg.options)
@@ -42,12 +51,10 @@ def run_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir:
     out_dir = Path(out_dir)
 
     def body(tmp: Path) -> dict[str, Any]:
-        from retrdistill.indexers.faiss_index import save_index
-
         encoder = load_encoder(model, settings)
         store = corpus_embeddings(model, corpus, cache_dir, settings, model=encoder)
         index = indexer.build(store.embeddings)
-        save_index(index, tmp / "index.faiss")
+        indexer.save(index, tmp)
         with atomic_path(tmp / "docids.txt") as part, open(part, "w", encoding="utf-8") as fh:
             for start in range(0, len(corpus), 100_000):
                 fh.writelines(d + "\n" for d in corpus.dataset[start:start + 100_000]["_id"])
@@ -63,9 +70,9 @@ def run_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir:
             "documents": len(corpus),
         })
         return {"documents": len(corpus), "dim": int(store.embeddings.shape[1]),
-                "index_bytes": (tmp / "index.faiss").stat().st_size}
+                "index_bytes": indexer.index_bytes(tmp)}
 
-    return execute("index", out_dir, config, inputs, body, force=force)
+    return Work("index", "index", out_dir, config, inputs, body)
 
 
 def _portable(ref: str, out_dir: Path) -> str:
@@ -77,3 +84,13 @@ def _portable(ref: str, out_dir: Path) -> str:
 
 
 __all__ = ["IndexConfig", "run_index", "fingerprint_obj"]
+
+
+STAGE = StageSpec(
+    name="index", config=IndexConfig, output="index",
+    inputs={"model": StepInput(("student",), "the encoder: @train-step, or a path, hub name or offline:NAME",
+                               literal=True)},
+    prepare=lambda cfg, refs, ctx: prepare_index(cfg, ctx.collection, refs["model"], ctx.out_dir,
+                                                 cache_dir=ctx.cache_dir),
+    summary="encode the corpus and build a registered index",
+)

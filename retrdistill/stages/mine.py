@@ -7,35 +7,34 @@ miner's ranks ``rank_min``..``rank_max`` (1-based, after known positives are rem
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import atomic_path
+from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
-from retrdistill.errors import DataError
-from retrdistill.stages.base import StageResult, config_dict, execute, upstream
-from retrdistill.stages.queries import read_training_queries
+from retrdistill.kinds import CandidateGroup, candidate_row, read_queries
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class MineConfig:
-    miner: str = "bm25"
-    options: dict[str, Any] = field(default_factory=dict)
-    depth: int = 100
-    negatives: int = 8
-    rank_min: int = 1
-    rank_max: int = 100
-    sampling: str = "random"
-    seed: int = 13
-    batch_queries: int = 256
+    miner: str = field(default="bm25", metadata={"help": "Candidate retriever."})
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the miner, e.g. -o k1=0.9."})
+    depth: int = field(default=100, metadata={"help": "Candidates retrieved per query."})
+    negatives: int = field(default=8, metadata={"help": "Negatives kept per query."})
+    rank_min: int = field(default=1,
+                          metadata={"help": "Best rank a negative may have (1-based, known positives removed)."})
+    rank_max: int = field(default=100, metadata={"help": "Worst rank a negative may have."})
+    sampling: str = field(default="random",
+                          metadata={"help": "random (a seeded sample of the ranks in range) or top (the best-ranked)."})
+    seed: int = field(default=13, metadata={"help": "Seed of the random sampling."})
+    batch_queries: int = field(default=256, metadata={"help": "Queries searched per miner call."})
 
     def __post_init__(self) -> None:
         registry.entry("miner", self.miner)
@@ -47,25 +46,20 @@ class MineConfig:
             raise ValueError("negatives and depth must be positive")
 
 
-@dataclass
-class CandidateGroup:
-    qid: str
-    query: str
-    positives: list[str]
-    negatives: list[str]
-
-
 def run_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str | Path, out_dir: str | Path, *,
              cache_dir: str | Path, force: bool = False) -> StageResult:
+    return prepare_mine(cfg, collection_dir, queries_dir, out_dir, cache_dir=cache_dir).run(force=force)
+
+
+def prepare_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str | Path, out_dir: str | Path, *,
+                 cache_dir: str | Path) -> Work:
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     queries_manifest = upstream(queries_dir, "queries")
     miner = registry.build("miner", cfg.miner, cfg.options, corpus=collection.corpus, cache_dir=Path(cache_dir))
-    from retrdistill.artefacts import fingerprint_obj
-
     inputs = {"queries": queries_manifest.fingerprint, "miner": fingerprint_obj(miner.fingerprint())}
 
     def body(tmp: Path) -> dict[str, Any]:
-        train = read_training_queries(queries_dir)
+        train = read_queries(queries_dir)
         qids = list(train.queries)
         short = 0
         written = 0
@@ -78,8 +72,7 @@ def run_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str | Pat
                     positives = sorted(train.positives[qid])
                     negatives = _pick_negatives(cfg, qid, [d for d, _ in hits.get(qid, [])], set(positives))
                     short += len(negatives) < cfg.negatives
-                    fh.write(json.dumps({"qid": qid, "query": train.queries[qid], "positives": positives,
-                                         "negatives": negatives}, ensure_ascii=False) + "\n")
+                    fh.write(candidate_row(CandidateGroup(qid, train.queries[qid], positives, negatives)))
                     written += 1
                 bar.update(len(batch))
         bar.close()
@@ -87,7 +80,7 @@ def run_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str | Pat
             log.warning("mine: %d of %d queries got fewer than %d negatives", short, written, cfg.negatives)
         return {"queries": written, "queries_with_fewer_negatives": short}
 
-    return execute("mine", out_dir, config_dict(cfg), inputs, body, force=force)
+    return Work("mine", "candidates", Path(out_dir), config_dict(cfg), inputs, body)
 
 
 def _pick_negatives(cfg: MineConfig, qid: str, ranked: list[str], positives: set[str]) -> list[str]:
@@ -98,12 +91,10 @@ def _pick_negatives(cfg: MineConfig, qid: str, ranked: list[str], positives: set
     return [pool[i] for i in sorted(rng.sample(range(len(pool)), cfg.negatives))]
 
 
-def read_candidates(folder: str | Path) -> Iterator[CandidateGroup]:
-    path = Path(folder) / "candidates.jsonl"
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            try:
-                row = json.loads(line)
-                yield CandidateGroup(row["qid"], row["query"], row["positives"], row["negatives"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(path, lineno, f"expected a candidates row with qid, query, positives, negatives ({exc})") from None
+STAGE = StageSpec(
+    name="mine", config=MineConfig, output="candidates",
+    inputs={"queries": StepInput(("queries",), "the training queries to mine for")},
+    prepare=lambda cfg, refs, ctx: prepare_mine(cfg, ctx.collection, refs["queries"], ctx.out_dir,
+                                                cache_dir=ctx.cache_dir),
+    summary="candidate negatives per training query from a registered miner",
+)

@@ -7,7 +7,6 @@ scores only the pairs that are missing; the counts in the manifest say how many 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,8 @@ from typing import Any
 from retrdistill import progress, registry
 from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
-from retrdistill.errors import DataError
-from retrdistill.stages.base import StageResult, config_dict, execute, upstream
-from retrdistill.stages.mine import read_candidates
+from retrdistill.kinds import ScoredGroup, count_rows, read_candidates, scored_row
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
 from retrdistill.teachers.cache import ScoreCache
 
 log = logging.getLogger(__name__)
@@ -26,21 +24,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ScoreConfig:
-    teacher: str = "bi-encoder"
-    options: dict[str, Any] = field(default_factory=dict)
-    batch_queries: int = 64
+    teacher: str = field(default="bi-encoder", metadata={"help": "Teacher kind."})
+    options: dict[str, Any] = field(default_factory=dict,
+                                    metadata={"help": "Teacher options, e.g. -o model=offline:all-MiniLM-L6-v2."})
+    batch_queries: int = field(default=64,
+                               metadata={"help": "Query groups scored per teacher call (does not change the scores)."})
 
     def __post_init__(self) -> None:
         registry.entry("teacher", self.teacher)
-
-
-@dataclass
-class ScoredGroup:
-    qid: str
-    query: str
-    docids: list[str]
-    scores: list[float]
-    positives: int
 
 
 def build_teacher(cfg: ScoreConfig, collection_dir: str | Path, cache_dir: str | Path):
@@ -50,9 +41,14 @@ def build_teacher(cfg: ScoreConfig, collection_dir: str | Path, cache_dir: str |
 
 def run_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str | Path, out_dir: str | Path, *,
               cache_dir: str | Path, force: bool = False) -> StageResult:
+    return prepare_score(cfg, collection_dir, candidates_dir, out_dir, cache_dir=cache_dir).run(force=force)
+
+
+def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str | Path, out_dir: str | Path, *,
+                  cache_dir: str | Path) -> Work:
     teacher = build_teacher(cfg, collection_dir, cache_dir)
     teacher_fp = fingerprint_obj(teacher.fingerprint())
-    inputs = {"candidates": upstream(candidates_dir, "mine").fingerprint, "teacher": teacher_fp}
+    inputs = {"candidates": upstream(candidates_dir, "candidates").fingerprint, "teacher": teacher_fp}
     config = config_dict(cfg)
     config.pop("batch_queries")  # does not change the output
 
@@ -60,7 +56,7 @@ def run_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str 
         cache = ScoreCache(Path(cache_dir) / "scores.sqlite", teacher_fp)
         scored = reused = groups = 0
         batch: list = []
-        total = sum(1 for _ in open(Path(candidates_dir) / "candidates.jsonl", encoding="utf-8"))
+        total = count_rows(candidates_dir, "candidates.jsonl")
         bar = progress.bar(total, f"score ({cfg.teacher})", "q")
         with atomic_path(tmp / "scores.jsonl") as part, open(part, "w", encoding="utf-8") as fh:
             def flush() -> None:
@@ -79,9 +75,8 @@ def run_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str 
                 for g in batch:
                     docids = g.positives + g.negatives
                     reused += sum(1 for d in docids if d not in missing.get(g.qid, ()))
-                    fh.write(json.dumps({"qid": g.qid, "query": g.query, "docids": docids,
-                                         "scores": [known[g.qid][d] for d in docids], "positives": len(g.positives)},
-                                        ensure_ascii=False) + "\n")
+                    fh.write(scored_row(ScoredGroup(g.qid, g.query, docids, [known[g.qid][d] for d in docids],
+                                                    len(g.positives))))
                 groups += len(batch)
                 bar.update(len(batch))
                 batch.clear()
@@ -96,15 +91,13 @@ def run_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str 
         cache.close()
         return {"groups": groups, "pairs_scored": scored, "pairs_from_cache": reused}
 
-    return execute("score", out_dir, config, inputs, body, force=force)
+    return Work("score", "scores", Path(out_dir), config, inputs, body)
 
 
-def read_scores(folder: str | Path):
-    path = Path(folder) / "scores.jsonl"
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            try:
-                row = json.loads(line)
-                yield ScoredGroup(row["qid"], row["query"], row["docids"], row["scores"], row["positives"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(path, lineno, f"expected a scores row with qid, query, docids, scores, positives ({exc})") from None
+STAGE = StageSpec(
+    name="score", config=ScoreConfig, output="scores",
+    inputs={"candidates": StepInput(("candidates",), "the mined candidates to score")},
+    prepare=lambda cfg, refs, ctx: prepare_score(cfg, ctx.collection, refs["candidates"], ctx.out_dir,
+                                                 cache_dir=ctx.cache_dir),
+    summary="a registered teacher scores every candidate (cached)",
+)

@@ -5,20 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from retrdistill.models import load_sentence_transformer, model_fingerprint
+from retrdistill.parts import Student
 
 
-class DenseStudent:
+class DenseStudent(Student):
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
         max_seq_length: int | None = 256
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "DenseStudent":
-        return cls(options)
 
     def fingerprint(self) -> dict:
         return {"student": "dense", "model": model_fingerprint(self.options.model), "max_seq_length": self.options.max_seq_length}

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
 from retrdistill.models import load_sentence_transformer, model_fingerprint
+from retrdistill.parts import Student
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def projection(in_features: int, out_features: int, seed: int):
     return Dense(in_features, out_features, bias=False, activation_function=None, init_weight=weight)
 
 
-class PrunedStudent:
+class PrunedStudent(Student):
     """A dense student compressed by depth (kept layers), width (projection) or both."""
 
     @dataclass
@@ -133,12 +134,7 @@ class PrunedStudent:
             if self.layers is not None and not isinstance(self.layers, str):
                 resolve_layers(self.layers, 10**6)  # shape errors now; ranges when the checkpoint is known
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    @classmethod
-    def from_options(cls, options: Options, **_: object) -> "PrunedStudent":
-        return cls(options)
+    example_variants: ClassVar[dict[str, Any]] = {"pooling": "cls"}
 
     def fingerprint(self) -> dict:
         o = self.options

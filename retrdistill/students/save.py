@@ -22,8 +22,9 @@ def save_student(student: str, options: dict[str, Any] | None, out_dir: str | Pa
 
     def body(tmp: Path) -> dict[str, Any]:
         model = built.load()
-        model.save(str(tmp))
+        built.save(model, tmp)
         return {"parameters": int(sum(p.numel() for p in model.parameters())),
                 "dim": int(model.get_embedding_dimension())}
 
-    return execute("student", out_dir, {"student": student, "options": dict(options or {})}, inputs, body, force=force)
+    config = {"student": student, "options": dict(options or {})}
+    return execute("student", "student", out_dir, config, inputs, body, force=force)

@@ -7,8 +7,9 @@ are encoded (for corpora too large to encode with a slow teacher).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,11 +17,12 @@ from retrdistill.data.beir import Corpus
 from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder, should_normalize
 from retrdistill.encoding.engine import encode_texts
 from retrdistill.models import model_fingerprint
+from retrdistill.parts import Run, Teacher
 
-Run = dict[str, dict[str, float]]
 
+class BiEncoderTeacher(Teacher):
+    """Context: ``corpus`` (scored and searched) and ``cache_dir`` (its embeddings are cached there)."""
 
-class BiEncoderTeacher:
     @dataclass
     class Options:
         model: str = "offline:all-mpnet-base-v2"
@@ -28,22 +30,19 @@ class BiEncoderTeacher:
         max_seq_length: int | None = None
         encode_corpus: bool = True
 
-    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
-        self.options = options
-        self.corpus = corpus
-        self.cache_dir = Path(cache_dir)
-        self.settings = EncodeSettings(batch_size=options.batch_size, max_seq_length=options.max_seq_length, shard_size=1024)
+    output_neutral: ClassVar[tuple[str, ...]] = ("batch_size", "encode_corpus")
+    example_options: ClassVar[dict[str, Any]] = {"model": "offline:all-MiniLM-L6-v2"}
+    corpus: Corpus
+    cache_dir: Path
+
+    def setup(self) -> None:
+        self.settings = EncodeSettings(batch_size=self.options.batch_size, max_seq_length=self.options.max_seq_length,
+                                       shard_size=1024)
         self._model = None
         self._row: dict[str, int] | None = None
 
-    @classmethod
-    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "BiEncoderTeacher":
-        return cls(options, corpus, cache_dir)
-
     def fingerprint(self) -> dict:
-        opts = asdict(self.options)
-        opts.pop("batch_size")
-        opts.pop("encode_corpus")
+        opts = self.output_options()
         return {"teacher": "bi-encoder", "model": model_fingerprint(self.options.model), "options": opts,
                 "corpus": self.corpus.fingerprint}
 
@@ -80,11 +79,12 @@ class BiEncoderTeacher:
         return out
 
     def retrieve(self, queries: dict[str, str], k: int, **_: object) -> Run:
-        from retrdistill.indexers.faiss_index import FlatIndexer, search
+        """The top ``k`` passages per query by exact inner-product search of the cached corpus embeddings."""
+        from retrdistill.indexers.faiss_index import FlatIndexer
 
         store = self.corpus_embeddings()
-        indexer = FlatIndexer(FlatIndexer.Options())
+        indexer = FlatIndexer()
         index = indexer.to_device(indexer.build(store.embeddings))
         qids = list(queries)
-        scores, rows = search(index, self.encode_queries([queries[q] for q in qids]), k)
+        scores, rows = indexer.search(index, self.encode_queries([queries[q] for q in qids]), k)
         return {q: dict(hits) for q, hits in zip(qids, self.corpus.hits(scores, rows))}

@@ -5,19 +5,21 @@ As a retriever (its leaderboard row) it re-ranks BM25's top ``rerank_depth`` pas
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
 from retrdistill.data.beir import Corpus
 from retrdistill.encoding.engine import score_pairs
 from retrdistill.models import load_cross_encoder, model_fingerprint
+from retrdistill.parts import Run, Teacher
 
-Run = dict[str, dict[str, float]]
 
+class CrossEncoderTeacher(Teacher):
+    """Context: ``corpus`` (the passages scored) and ``cache_dir`` (the BM25 index it re-ranks as a retriever)."""
 
-class CrossEncoderTeacher:
     @dataclass
     class Options:
         model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
@@ -25,16 +27,15 @@ class CrossEncoderTeacher:
         max_length: int | None = 512
         rerank_depth: int = 100
 
-    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
-        self.options = options
-        self.corpus = corpus
-        self.cache_dir = Path(cache_dir)
+    # rerank_depth changes only retrieve(), not the scores the fingerprint covers (the eval system keys on it)
+    output_neutral: ClassVar[tuple[str, ...]] = ("batch_size", "rerank_depth")
+    example_options: ClassVar[dict[str, Any]] = {"model": "{tiny_cross_encoder}"}
+    corpus: Corpus
+    cache_dir: Path
+
+    def setup(self) -> None:
         self._model = None
         self._row: dict[str, int] | None = None
-
-    @classmethod
-    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "CrossEncoderTeacher":
-        return cls(options, corpus, cache_dir)
 
     def fingerprint(self) -> dict:
         return {"teacher": "cross-encoder", "model": model_fingerprint(self.options.model),
@@ -63,7 +64,7 @@ class CrossEncoderTeacher:
         if first_stage is None:
             from retrdistill.miners.bm25 import BM25Miner
 
-            bm25 = BM25Miner(BM25Miner.Options(), self.corpus, self.cache_dir)
+            bm25 = BM25Miner(corpus=self.corpus, cache_dir=self.cache_dir)
             hits = bm25.search(queries, self.options.rerank_depth)
             first_stage = {q: dict(h) for q, h in hits.items()}
         groups = {q: sorted(d, key=lambda x: -d[x])[: self.options.rerank_depth] for q, d in first_stage.items() if d}

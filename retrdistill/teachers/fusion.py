@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from retrdistill import registry
 from retrdistill.data.beir import Corpus
 from retrdistill.miners.bm25 import BM25Miner
-
-Run = dict[str, dict[str, float]]
+from retrdistill.parts import Run, Teacher
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -26,7 +25,9 @@ def minmax(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if hi - lo < 1e-12 else (x - lo) / (hi - lo)
 
 
-class FusionTeacher:
+class FusionTeacher(Teacher):
+    """Context: ``corpus`` and ``cache_dir``, handed on to the inner teacher and to BM25."""
+
     @dataclass
     class Options:
         teacher: str = "bi-encoder"
@@ -35,19 +36,23 @@ class FusionTeacher:
         bm25_weight: float = 0.3
         rerank_depth: int = 100
 
-    def __init__(self, options: Options, corpus: Corpus, cache_dir: Path) -> None:
-        if options.teacher == "fusion":
-            raise ValueError("a fusion teacher cannot fuse another fusion teacher")
-        self.options = options
-        self.corpus = corpus
-        self.inner = registry.build("teacher", options.teacher, options.teacher_options, corpus=corpus, cache_dir=cache_dir)
-        self.bm25 = BM25Miner(BM25Miner.Options(), corpus, cache_dir)
+        def __post_init__(self) -> None:
+            if self.teacher == "fusion":
+                raise ValueError("a fusion teacher cannot fuse another fusion teacher")
 
-    @classmethod
-    def from_options(cls, options: Options, *, corpus: Corpus, cache_dir: Path, **_: object) -> "FusionTeacher":
-        return cls(options, corpus, cache_dir)
+    example_options: ClassVar[dict[str, Any]] = {"teacher_options": {"model": "offline:all-MiniLM-L6-v2"}}
+    example_variants: ClassVar[dict[str, Any]] = {
+        "teacher": "cross-encoder", "teacher_options": {"model": "offline:all-MiniLM-L6-v2", "max_seq_length": 64}}
+    corpus: Corpus
+    cache_dir: Path
+
+    def setup(self) -> None:
+        self.inner = registry.build("teacher", self.options.teacher, self.options.teacher_options, corpus=self.corpus,
+                                    cache_dir=self.cache_dir)
+        self.bm25 = BM25Miner(corpus=self.corpus, cache_dir=self.cache_dir)
 
     def fingerprint(self) -> dict:
+        """The inner teacher's and BM25's fingerprints stand for ``teacher_options``."""
         opts = asdict(self.options)
         opts.pop("teacher_options")
         return {"teacher": "fusion", "inner": self.inner.fingerprint(), "bm25": self.bm25.fingerprint(), "options": opts}

@@ -1,0 +1,158 @@
+"""Artefact kinds: what each step writes, where its parts lie in the folder, and how to read and write it.
+
+Stages import the kind they read, never the stage that wrote it. A pipeline reference ``@id`` resolves to the
+kind's main part of step ``id``'s folder; ``@id.FIELD`` to another part (``@student.untrained``). Every
+manifest records the kind of its folder (``Manifest.kind``), and a step accepts only the kinds it declares.
+
+=============  =====================================================  ==============================
+kind           files                                                   parts (``@id.FIELD``)
+=============  =====================================================  ==============================
+queries        ``queries.jsonl`` + ``qrels.tsv`` (positives)           (folder)
+candidates     ``candidates.jsonl`` (positives, mined negatives)       (folder)
+scores         ``scores.jsonl`` (teacher score of every candidate)      (folder)
+student        ``model/`` (trained), ``untrained/`` (when asked)        model, untrained
+index          ``index.json`` + the indexer's files                     (folder)
+eval           ``runs/``, ``results.json``, ``leaderboard.*``           (folder), leaderboard
+texts          generated texts (queries, passages, translations)       (folder)
+sparse-index   a sparse inverted index                                 (folder)
+=============  =====================================================  ==============================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retrdistill.artefacts import atomic_path
+from retrdistill.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ArtefactKind:
+    name: str
+    summary: str
+    parts: dict[str, str] = field(default_factory=lambda: {"": ""})  # @id.FIELD -> path inside the folder
+    main: str = ""  # the part a bare @id means
+
+    def resolve(self, folder: Path, part: str | None) -> Path:
+        """The path that ``@id`` (``part`` None) or ``@id.part`` means inside this kind's ``folder``."""
+        name = self.main if part is None else part
+        if name not in self.parts:
+            named = [p for p in self.parts if p]
+            raise ConfigError(f"a {self.name!r} artefact has no part {part!r}; "
+                              f"expected {', '.join(named) if named else 'a bare reference (no .part)'}")
+        rel = self.parts[name]
+        return folder / rel if rel else folder
+
+
+KINDS: dict[str, ArtefactKind] = {k.name: k for k in [
+    ArtefactKind("queries", "training queries and their positives"),
+    ArtefactKind("candidates", "mined candidates per training query"),
+    ArtefactKind("scores", "teacher scores of every candidate"),
+    ArtefactKind("student", "a trained model (and its untrained start)",
+                 {"model": "model", "untrained": "untrained"}, main="model"),
+    ArtefactKind("index", "a searchable index of a corpus"),
+    ArtefactKind("eval", "runs, per-query results and a leaderboard",
+                 {"": "", "leaderboard": "leaderboard/leaderboard.json"}),
+    ArtefactKind("texts", "generated texts (written queries, passages, translations)"),
+    ArtefactKind("sparse-index", "a sparse inverted index"),
+]}
+
+
+def kind(name: str) -> ArtefactKind:
+    if name not in KINDS:
+        raise ConfigError(f"unknown artefact kind {name!r}; expected one of: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+# ------------------------------------------------------------------ queries
+def write_queries(folder: Path, train) -> None:
+    """``train``: a :class:`retrdistill.data.pseudo_queries.TrainingQueries`."""
+    with atomic_path(folder / "queries.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for qid, text in train.queries.items():
+            fh.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
+    with atomic_path(folder / "qrels.tsv") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("query-id\tcorpus-id\tscore\n")
+        for qid, docs in train.positives.items():
+            for doc_id, grade in docs.items():
+                fh.write(f"{qid}\t{doc_id}\t{grade}\n")
+
+
+def read_queries(folder: str | Path):
+    from retrdistill.data.beir import load_qrels, load_queries
+    from retrdistill.data.pseudo_queries import TrainingQueries
+
+    folder = Path(folder)
+    queries, _ = load_queries(folder / "queries.jsonl")
+    positives, _ = load_qrels(folder / "qrels.tsv", query_ids=queries)
+    return TrainingQueries(queries, positives)
+
+
+# ------------------------------------------------------------------ candidates
+@dataclass
+class CandidateGroup:
+    qid: str
+    query: str
+    positives: list[str]
+    negatives: list[str]
+
+
+def candidate_row(group: CandidateGroup) -> str:
+    return json.dumps({"qid": group.qid, "query": group.query, "positives": group.positives,
+                       "negatives": group.negatives}, ensure_ascii=False) + "\n"
+
+
+def read_candidates(folder: str | Path) -> Iterator[CandidateGroup]:
+    yield from _rows(Path(folder) / "candidates.jsonl", "a candidates row with qid, query, positives, negatives",
+                     lambda r: CandidateGroup(r["qid"], r["query"], r["positives"], r["negatives"]))
+
+
+def count_rows(folder: str | Path, name: str) -> int:
+    with open(Path(folder) / name, encoding="utf-8") as fh:
+        return sum(1 for _ in fh)
+
+
+# ------------------------------------------------------------------ scores
+@dataclass
+class ScoredGroup:
+    qid: str
+    query: str
+    docids: list[str]  # positives first, then negatives
+    scores: list[float]
+    positives: int
+
+
+def scored_row(group: ScoredGroup) -> str:
+    return json.dumps({"qid": group.qid, "query": group.query, "docids": group.docids, "scores": group.scores,
+                       "positives": group.positives}, ensure_ascii=False) + "\n"
+
+
+def read_scores(folder: str | Path) -> Iterator[ScoredGroup]:
+    yield from _rows(Path(folder) / "scores.jsonl", "a scores row with qid, query, docids, scores, positives",
+                     lambda r: ScoredGroup(r["qid"], r["query"], r["docids"], r["scores"], r["positives"]))
+
+
+def write_rows(path: Path, rows: Iterable[str]) -> int:
+    """Write JSONL rows atomically; returns how many."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(row)
+            n += 1
+    return n
+
+
+def _rows(path: Path, expected: str, make) -> Iterator:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            try:
+                yield make(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(path, lineno, f"expected {expected} ({exc})") from None
+
+
+# ------------------------------------------------------------------ student
+def student_model(folder: str | Path) -> Path:
+    return Path(folder) / "model"

@@ -94,3 +94,30 @@ class PeakMemory:
 
         return {"peak_rss_mb": mb(self.peak_rss_kb), "peak_anon_mb": mb(self.peak_anon_kb),
                 "start_rss_mb": mb(self.start_rss_kb), "start_anon_mb": mb(self.start_anon_kb)}
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def limit_heap_growth(threshold_bytes: int = 1 << 20) -> bool:
+    """Ask glibc to serve allocations of ``threshold_bytes`` and more from their own memory maps, returned to
+    the system when freed, and to trim the heap above the same size.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which blocks of
+    training activations (tens of MB each, allocated and freed every step) come from the heap, which fragments
+    and keeps what it grew to. A fixed threshold keeps the resident set near what is live. Process-wide, so the
+    command line sets it, not the library. Returns False where it cannot be set (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes))) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, int(threshold_bytes)))
+    except (OSError, AttributeError):
+        return False

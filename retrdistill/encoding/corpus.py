@@ -109,7 +109,7 @@ def corpus_embeddings(
         "model": model_ref, "documents": n, "dim": dim, "normalized": normalized, "corpus": corpus.fingerprint,
         "settings": asdict(settings),
     })
-    for old in folder.glob("shards-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    # only this run's shards: another process may be encoding the same corpus with another shard size
+    shutil.rmtree(shards, ignore_errors=True)
     return CorpusEmbeddings(folder, np.load(folder / "embeddings.npy", mmap_mode="r"), normalized, model_ref)
 

@@ -18,7 +18,7 @@ Everything that changes the initial weights is in :meth:`PrunedStudent.fingerpri
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
@@ -122,6 +122,7 @@ class PrunedStudent(Student):
         normalize: bool = True
         max_seq_length: int | None = 256
         seed: int = 13  # initial weights of the projection (and of any head the checkpoint lacks)
+        config_overrides: dict[str, Any] = field(default_factory=dict)  # Hugging Face config values (see DenseStudent)
 
         def __post_init__(self) -> None:
             if self.output_dim is not None and self.output_dim < 1:
@@ -134,13 +135,14 @@ class PrunedStudent(Student):
             if self.layers is not None and not isinstance(self.layers, str):
                 resolve_layers(self.layers, 10**6)  # shape errors now; ranges when the checkpoint is known
 
-    example_variants: ClassVar[dict[str, Any]] = {"pooling": "cls"}
+    example_variants: ClassVar[dict[str, Any]] = {"pooling": "cls",
+                                                  "config_overrides": {"attention_probs_dropout_prob": 0.0}}
 
     def fingerprint(self) -> dict:
         o = self.options
         return {"student": "pruned", "model": model_fingerprint(o.model), "layers": o.layers, "pooling": o.pooling,
                 "output_dim": o.output_dim, "normalize": o.normalize, "max_seq_length": o.max_seq_length,
-                "seed": o.seed}
+                "seed": o.seed, **({"config_overrides": dict(o.config_overrides)} if o.config_overrides else {})}
 
     def load(self):
         from sentence_transformers import SentenceTransformer
@@ -151,7 +153,8 @@ class PrunedStudent(Student):
         o = self.options
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(o.seed)  # heads a plain checkpoint lacks (e.g. BERT's unused pooler) start the same
-            base = load_sentence_transformer(o.model)
+            base = load_sentence_transformer(o.model, **({"config_kwargs": dict(o.config_overrides)}
+                                                          if o.config_overrides else {}))
         modules = list(base)
         if not modules or not isinstance(modules[0], Transformer):
             raise ConfigError(f"student {o.model!r}: the first module must be a transformer to prune, got "

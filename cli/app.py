@@ -274,12 +274,12 @@ def models(
     fetch: Annotated[Optional[list[str]], typer.Option(help="Materialise this offline model now; repeatable.")] = None,
 ) -> None:
     """List the offline models (offline:NAME) and materialise them into the cache."""
-    from retrdistill.models import OFFLINE_MODELS, materialise, models_dir
+    from retrdistill.models import OFFLINE_MODELS, materialise
 
     for name in fetch or []:
         typer.echo(f"{name}: {_run(materialise, name)}")
     for name, spec in OFFLINE_MODELS.items():
-        state = "ready" if (models_dir() / name / "config.json").is_file() else "not yet materialised"
+        state = "ready" if spec.ready() else "not yet materialised"
         typer.echo(f"  offline:{name:<20} {state:<22} {spec.summary}")
 
 

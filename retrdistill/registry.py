@@ -1,5 +1,5 @@
-"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers and
-evaluation systems.
+"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers,
+evaluation systems and validation metrics.
 
 The CLI's choices, pipeline validation and error messages all read this module, so names cannot drift apart.
 Adding a part is one new file (a subclass of its kind's base in :mod:`retrdistill.parts`, with an ``Options``
@@ -41,6 +41,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("train", "retrdistill.stages.train:STAGE", "a student trained on the teacher's scores"),
         ("index", "retrdistill.stages.index:STAGE", "the corpus encoded and indexed"),
         ("eval", "retrdistill.stages.evaluate:STAGE", "systems evaluated, leaderboard written"),
+        ("pick", "retrdistill.stages.pick:STAGE", "the best of several trained students by their validation metric"),
     ]),
     "query_generator": _entries("query_generator", [
         ("inverse-cloze", "retrdistill.data.pseudo_queries:InverseClozeGenerator",
@@ -72,19 +73,29 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("dense", "retrdistill.students.dense:DenseStudent", "a SentenceTransformer bi-encoder"),
         ("pruned", "retrdistill.students.pruned:PrunedStudent",
          "any transformer checkpoint cut to chosen layers, optional pooling and projection to a smaller width"),
+        ("splade", "retrdistill.students.splade:SpladeStudent",
+         "a learned sparse SparseEncoder (SPLADE) from a masked-LM or decoder-only checkpoint, FLOPS-regularised"),
     ]),
     "indexer": _entries("indexer", [
         ("faiss-flat", "retrdistill.indexers.faiss_index:FlatIndexer", "exact inner-product search (default)"),
         ("faiss-ivf", "retrdistill.indexers.faiss_index:IVFIndexer", "inverted lists over k-means cells"),
         ("faiss-hnsw", "retrdistill.indexers.faiss_index:HNSWIndexer", "graph-based approximate search"),
+        ("sparse", "retrdistill.indexers.sparse:SparseIndexer", "inverted index of a SparseEncoder's term weights (exact)"),
     ]),
     "system": _entries("system", [
         ("bm25", "retrdistill.systems:BM25System", "BM25 (bm25s) over the evaluated corpus"),
         ("dense", "retrdistill.systems:DenseSystem", "a SentenceTransformer model, exact search (e.g. the base student)"),
+        ("sparse", "retrdistill.systems:SparseSystem", "a SparseEncoder (or masked LM as SPLADE), exact inverted-index search"),
         ("index", "retrdistill.systems:IndexSystem", "a saved retrdistill index folder (e.g. the distilled student)"),
         ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),
         ("run", "retrdistill.systems:TrecRunSystem", "a TREC run file from another tool (pyserini, Anserini, ...)"),
         ("fusion", "retrdistill.systems:FusedSystem", "systems listed before it fused with ranx (rrf, combsum, wsum, ...)"),
+    ]),
+    "validation_metric": _entries("validation_metric", [
+        ("pseudo-positive", "retrdistill.validation.metrics:PseudoPositive",
+         "rank of the query's pseudo-positive in the student's search of the whole corpus (MRR@k, Recall@k)"),
+        ("teacher-agreement", "retrdistill.validation.metrics:TeacherAgreement",
+         "the student's ranking of each held-out group against the teacher's scores (nDCG@k, rank correlation)"),
     ]),
 }
 

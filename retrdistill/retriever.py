@@ -3,6 +3,9 @@
     from retrdistill import Retriever
     retriever = Retriever.load("indexes/msmarco-sample")
     hits = retriever.search("what is a synapse", k=5)   # [Hit(doc_id, score, text), ...]
+
+Dense (FAISS) and sparse (inverted) index folders load the same way: the indexer named in ``index.json`` loads
+its model (a ``SentenceTransformer`` or a ``SparseEncoder``), encodes the queries and searches its index.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ class Retriever:
         """The index in ``folder`` loaded through the registered indexer named in its ``index.json`` (with the
         options it was built with), and its encoder on ``device`` (None: the default device)."""
         from retrdistill import registry
-        from retrdistill.models import load_sentence_transformer
 
         folder = Path(folder)
         manifest = read_manifest(folder)
@@ -54,9 +56,8 @@ class Retriever:
         indexer = registry.build("indexer", info["indexer"], info.get("options") or {})
         index = indexer.load(folder)
         doc_ids = (folder / "docids.txt").read_text(encoding="utf-8").splitlines()
-        model = load_sentence_transformer(resolve_reference(info["model"], folder), device=device)
-        if info.get("max_seq_length"):
-            model.max_seq_length = info["max_seq_length"]
+        model = indexer.load_model(resolve_reference(info["model"], folder), max_seq_length=info.get("max_seq_length"),
+                                   device=device)
         return cls(folder, index, doc_ids, model, info, indexer=indexer)
 
     @property
@@ -67,13 +68,13 @@ class Retriever:
             self._corpus = load_corpus(resolve_reference(self.info["corpus"], self.folder))
         return self._corpus
 
-    def encode_queries(self, queries: list[str]) -> np.ndarray:
-        from retrdistill.encoding.engine import encode_texts
+    def encode_queries(self, queries: list[str]):
+        """The queries as the index searches them: dense embeddings (float32 ``(m, dim)``) or sparse vectors
+        (a ``scipy.sparse.csr_matrix`` over the vocabulary)."""
+        return self.indexer.encode_queries(self.model, queries, self.info)
 
-        return encode_texts(self.model, queries, normalize=self.info["normalized"])
-
-    def search_rows(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, corpus rows)`` of the top ``k`` for each query embedding; rows of -1 where fewer exist."""
+    def search_rows(self, query_embeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, corpus rows)`` of the top ``k`` for each encoded query; rows of -1 where fewer exist."""
         return self.indexer.search(self.index, query_embeddings, k)
 
     def batch_search_ids(self, queries: list[str], k: int = 10) -> tuple[np.ndarray, list[list[str]]]:

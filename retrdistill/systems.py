@@ -2,7 +2,9 @@
 
 Each system returns a run for the evaluation queries and the cost measured on this machine in the same call:
 ``ms_per_query`` (query encoding + search, averaged over the queries), ``encode_passages_per_s`` (a fixed sample of
-passages), ``index_bytes`` and ``parameters``.
+passages), ``index_bytes`` and ``parameters``. Inverted indexes (sparse models, BM25) also report
+``query_terms`` and ``doc_terms`` (mean non-zero terms per query and per passage) and ``flops_per_query`` (the
+postings a query touches: the sum over its terms of their posting-list lengths, the SPLADE papers' measure).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class SystemOutput:
     run: Run
     cost: dict[str, float | int | None] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None  # a trained student's recorded validation curve (the row carries it)
 
 
 def models_by_content(options: Any) -> Any:
@@ -54,44 +57,38 @@ def _parameters(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def _encode_rate(model, corpus: Corpus, normalize: bool) -> float:
-    from retrdistill.encoding.engine import encode_texts
-
+def _encode_rate(indexer, model, info: dict[str, Any], corpus: Corpus) -> float:
+    """Passages per second ``indexer`` encodes with ``model``, timed on a fixed sample of ``corpus``."""
     rows = np.linspace(0, len(corpus) - 1, num=min(COST_SAMPLE, len(corpus)), dtype=np.int64)
     texts = corpus.texts_at(sorted(set(rows.tolist())))
-    encode_texts(model, texts[:8], normalize=normalize)  # warm-up
+    indexer.encode_passages(model, texts[:8], info)  # warm-up
     started = time.perf_counter()
-    encode_texts(model, texts, normalize=normalize)
+    indexer.encode_passages(model, texts, info)
     return len(texts) / (time.perf_counter() - started)
 
 
-def _dense_run(model, indexer, index, corpus: Corpus, queries: dict[str, str], k: int,
-               normalize: bool) -> tuple[Run, float]:
-    """``queries`` encoded by ``model`` and searched in ``index`` through ``indexer``; the run and ms per query."""
-    from retrdistill.encoding.engine import encode_texts
-
+def _search_run(indexer, model, index, info: dict[str, Any], corpus: Corpus, queries: dict[str, str],
+                k: int) -> tuple[Run, dict[str, Any]]:
+    """``queries`` encoded by ``indexer`` with ``model`` and searched in ``index``; the run, ms per query and the
+    indexer's own search cost (sparse: terms and FLOPs per query)."""
     qids = list(queries)
     started = time.perf_counter()
-    q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=1 if len(qids) <= 1 else 32, normalize=normalize)
-    scores, rows = indexer.search(index, q_emb, k)
+    encoded = indexer.encode_queries(model, [queries[q] for q in qids], info)
+    scores, rows = indexer.search(index, encoded, k)
     ms_per_query = 1000 * (time.perf_counter() - started) / max(1, len(qids))
     run = {q: dict(hits) for q, hits in zip(qids, corpus.hits(scores, rows))}
-    return run, ms_per_query
+    return run, {"ms_per_query": ms_per_query, **indexer.search_cost(index, encoded)}
 
 
-def _encode_and_search(model, model_ref: str, settings, corpus: Corpus, queries: dict[str, str], k: int,
-                       cache_dir: Path, measure_cost: bool) -> tuple[Run, dict[str, Any]]:
-    """``model``'s cached corpus embeddings searched exactly (flat FAISS), and the cost of doing so."""
-    from retrdistill.encoding.corpus import corpus_embeddings
-    from retrdistill.indexers.faiss_index import FlatIndexer
-
-    store = corpus_embeddings(model_ref, corpus, cache_dir, settings, model=model)
-    indexer = FlatIndexer()
-    index = indexer.to_device(indexer.build(store.embeddings))
-    run, ms = _dense_run(model, indexer, index, corpus, queries, k, store.normalized)
-    cost: dict[str, Any] = {"ms_per_query": ms, "index_bytes": int(store.embeddings.nbytes), "parameters": _parameters(model)}
+def _encode_and_search(indexer, model, model_ref: str, max_seq_length: int | None, corpus: Corpus,
+                       queries: dict[str, str], k: int, cache_dir: Path,
+                       measure_cost: bool) -> tuple[Run, dict[str, Any]]:
+    """``corpus`` encoded by ``model`` as ``indexer`` encodes (cached) and searched exactly, and the cost."""
+    built = indexer.exact_index(model, corpus, model_ref=model_ref, cache_dir=cache_dir, max_seq_length=max_seq_length)
+    run, cost = _search_run(indexer, model, built.index, built.info, corpus, queries, k)
+    cost.update({"index_bytes": built.info["index_bytes"], "parameters": _parameters(model)})
     if measure_cost:
-        cost["encode_passages_per_s"] = _encode_rate(model, corpus, store.normalized)
+        cost["encode_passages_per_s"] = _encode_rate(indexer, model, built.info, corpus)
     return run, cost
 
 
@@ -113,7 +110,8 @@ class BM25System(OptionsSystem):
         hits = miner.search(queries, k)
         ms = 1000 * (time.perf_counter() - started) / max(1, len(queries))
         index_bytes = sum(f.stat().st_size for f in miner.index_dir.glob("*") if f.is_file())
-        return SystemOutput({q: dict(h) for q, h in hits.items()}, {"ms_per_query": ms, "index_bytes": index_bytes})
+        cost = {"ms_per_query": ms, "index_bytes": index_bytes, **miner.postings_cost(queries)}
+        return SystemOutput({q: dict(h) for q, h in hits.items()}, cost)
 
 
 class DenseSystem(OptionsSystem):
@@ -129,12 +127,40 @@ class DenseSystem(OptionsSystem):
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
-        from retrdistill.encoding.corpus import EncodeSettings, load_encoder
+        from retrdistill.indexers.faiss_index import FlatIndexer
         from retrdistill.models import model_fingerprint
 
-        settings = EncodeSettings(batch_size=self.options.batch_size, max_seq_length=self.options.max_seq_length)
-        model = load_encoder(self.options.model, settings)
-        run, cost = _encode_and_search(model, self.options.model, settings, corpus, queries, k, cache_dir, measure_cost)
+        indexer = FlatIndexer()
+        indexer.check_model(self.options.model)
+        model = indexer.load_model(self.options.model, max_seq_length=self.options.max_seq_length)
+        run, cost = _encode_and_search(indexer, model, self.options.model, self.options.max_seq_length, corpus,
+                                       queries, k, cache_dir, measure_cost)
+        from retrdistill.validation.curve import student_validation
+
+        return SystemOutput(run, cost, {"model": model_fingerprint(self.options.model)[:16]},
+                            student_validation(self.options.model))
+
+
+class SparseSystem(OptionsSystem):
+    """Any sparse model (a ``SparseEncoder``, or a masked-LM checkpoint as SPLADE), its corpus postings cached,
+    exact inverted-index search (e.g. the untrained SPLADE student)."""
+
+    @dataclass
+    class Options:
+        model: str = "offline:tiny-bert-mlm"
+        max_seq_length: int | None = None
+        max_active_dims: int | None = None
+
+    def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
+            earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
+        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.models import model_fingerprint
+
+        indexer = SparseIndexer(SparseIndexer.Options(max_active_dims=self.options.max_active_dims))
+        indexer.check_model(self.options.model)
+        model = indexer.load_model(self.options.model, max_seq_length=self.options.max_seq_length)
+        run, cost = _encode_and_search(indexer, model, self.options.model, self.options.max_seq_length, corpus,
+                                       queries, k, cache_dir, measure_cost)
         return SystemOutput(run, cost, {"model": model_fingerprint(self.options.model)[:16]})
 
 
@@ -172,27 +198,34 @@ class IndexSystem(EvalSystem):
             # another dataset than the one indexed (a many-dataset evaluation): the index's model encodes this
             # corpus (embeddings cached) and is searched exactly, as the index stage would build it here
             return self._other_corpus(retriever, corpus, queries, k, cache_dir, measure_cost, provenance)
-        run, ms = _dense_run(retriever.model, retriever.indexer, retriever.index, corpus, queries, k,
-                             info["normalized"])
-        cost = {"ms_per_query": ms, "index_bytes": retriever.indexer.index_bytes(retriever.folder),
-                "parameters": _parameters(retriever.model)}
+        run, cost = _search_run(retriever.indexer, retriever.model, retriever.index, info, corpus, queries, k)
+        cost.update({"index_bytes": retriever.indexer.index_bytes(retriever.folder),
+                     "parameters": _parameters(retriever.model)})
         if measure_cost:
-            cost["encode_passages_per_s"] = _encode_rate(retriever.model, corpus, info["normalized"])
-        return SystemOutput(run, cost, provenance)
+            cost["encode_passages_per_s"] = _encode_rate(retriever.indexer, retriever.model, info, corpus)
+        return SystemOutput(run, cost, provenance, _index_validation(retriever))
 
     def _other_corpus(self, retriever, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path,
                       measure_cost: bool, provenance: dict[str, str]) -> SystemOutput:
         import logging
 
-        from retrdistill.encoding.corpus import EncodeSettings
         from retrdistill.retriever import resolve_reference
 
         model_path = resolve_reference(retriever.info["model"], retriever.folder)
         logging.getLogger(__name__).info("index %s was built on another corpus: encoding this one with its model %s",
                                          self.options.path, model_path)
-        settings = EncodeSettings(max_seq_length=retriever.info.get("max_seq_length"))
-        run, cost = _encode_and_search(retriever.model, model_path, settings, corpus, queries, k, cache_dir, measure_cost)
-        return SystemOutput(run, cost, {**provenance, "encoded_here": "flat"})
+        run, cost = _encode_and_search(retriever.indexer, retriever.model, model_path,
+                                       retriever.info.get("max_seq_length"), corpus, queries, k, cache_dir, measure_cost)
+        exact = "flat" if retriever.indexer.model_type == "dense" else "inverted"
+        return SystemOutput(run, cost, {**provenance, "encoded_here": exact}, _index_validation(retriever))
+
+
+def _index_validation(retriever) -> dict[str, Any] | None:
+    """The validation curve of the student an index was built from, when it is a student artefact's model."""
+    from retrdistill.retriever import resolve_reference
+    from retrdistill.validation.curve import student_validation
+
+    return student_validation(resolve_reference(str(retriever.info.get("model", "")), retriever.folder))
 
 
 class TeacherSystem(OptionsSystem):
@@ -329,6 +362,8 @@ def _fused_cost(outputs: list[SystemOutput], fuse_ms: float) -> dict[str, Any]:
         values = [out.cost[name] for out in outputs if out.cost.get(name) is not None]
         if values:
             cost[name] = sum(values)
+    if all(out.cost.get("flops_per_query") is not None for out in outputs):  # every part an inverted index
+        cost["flops_per_query"] = sum(out.cost["flops_per_query"] for out in outputs)
     encoders = [r for r in (out.cost.get("encode_passages_per_s") for out in outputs) if r]
     if encoders:
         cost["encode_passages_per_s"] = 1.0 / sum(1.0 / r for r in encoders)

@@ -47,6 +47,8 @@ VALUES: dict[tuple[str, str], Any] = {
     ("eval", "baseline"): "BM25",
     ("eval", "metrics"): ["ndcg@5", "recall@10"],
     ("train", "embedding_options"): {"distance": "cosine"},
+    ("train", "validation"): {"fraction": 0.2, "metric": "teacher-ndcg@10", "every": 5},
+    ("train", "teacher_scale"): {"mode": "factor", "factor": 20.0},
 }
 
 

@@ -176,44 +176,39 @@ def test_every_output_neutral_option_is_an_option():
 
 
 # ------------------------------------------------------------------ parts with state
-@pytest.fixture(scope="module")
-def embeddings(small_collection, small_cache, minilm) -> tuple[np.ndarray, np.ndarray]:
-    """``small_collection``'s passage embeddings (cached, the index fixtures' own) and its test queries'."""
-    from retrdistill.data.beir import open_collection
-    from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
-    from retrdistill.encoding.engine import encode_texts
-
-    collection = open_collection(small_collection, small_cache / "corpora")
-    model = load_encoder(minilm, EncodeSettings())
-    store = corpus_embeddings(minilm, collection.corpus, small_cache, EncodeSettings(), model=model)
-    queries = encode_texts(model, list(collection.queries.values()), normalize=store.normalized)
-    return np.asarray(store.embeddings), queries
-
-
 @pytest.mark.parametrize("name", registry.names("indexer"))
-def test_indexer_loads_what_it_saved(name, embeddings, tmp_path):
-    passages, queries = embeddings
-    indexer = registry.build("indexer", name, {})
-    built = indexer.build(passages)
-    indexer.save(built, tmp_path)
+def test_indexer_loads_what_it_saved(name, request, context, small_collection, tmp_path):
+    """Each indexer encodes ``small_collection`` with its example model (dense: all-MiniLM-L6-v2, through the
+    embedding cache the index fixtures share; sparse: tiny-bert-mlm as SPLADE), saves, and loads the same index."""
+    from retrdistill.data.beir import open_collection
+
+    indexer = registry.build("indexer", name, _example_options("indexer", name, request))
+    model_ref = _resolve(type(indexer).example_model, request)
+    indexer.check_model(model_ref)
+    build = dict(type(indexer).example_build)
+    model = indexer.load_model(model_ref, max_seq_length=build.get("max_seq_length"))
+    corpus = context["corpus"]
+    built = indexer.index_corpus(model, corpus, tmp_path, model_ref=model_ref, cache_dir=context["cache_dir"], **build)
     assert indexer.index_bytes(tmp_path) > 0
+    queries = indexer.encode_queries(model, list(open_collection(small_collection).queries.values()), built.info)
     loaded = indexer.load(tmp_path)
-    want_scores, want_rows = indexer.search(built, queries, 20)
+    want_scores, want_rows = indexer.search(built.index, queries, 20)
     scores, rows = indexer.search(loaded, queries, 20)
-    assert rows.shape == (len(queries), 20) and (rows >= 0).all() and rows.max() < len(passages)
+    assert rows.shape == (queries.shape[0], 20) and (rows >= 0).all() and rows.max() < len(corpus)
     assert np.array_equal(rows, want_rows)
     assert np.array_equal(scores, want_scores)
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
     # the same index through the registry again, as Retriever.load does from index.json
-    again = registry.build("indexer", name, {})
+    again = registry.build("indexer", name, _example_options("indexer", name, request))
     assert np.array_equal(again.search(again.load(tmp_path), queries, 20)[1], want_rows)
 
 
 @pytest.mark.parametrize("name", registry.names("student"))
 def test_student_loads_a_model(name, request):
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer, SparseEncoder
 
     model = registry.build("student", name, _example_options("student", name, request)).load()
-    assert isinstance(model, SentenceTransformer)
+    assert isinstance(model, (SentenceTransformer, SparseEncoder))
     assert model.encode(["what is a synapse"]).shape == (1, model.get_embedding_dimension())
 
 

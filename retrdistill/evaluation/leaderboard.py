@@ -22,8 +22,10 @@ from retrdistill.evaluation.metrics import EvalResult, validate_metrics
 log = logging.getLogger(__name__)
 
 FORMAT = "retrdistill-leaderboard"
-SCHEMA_VERSION = 1
-COST_FIELDS = ("encode_passages_per_s", "ms_per_query", "index_bytes", "parameters")
+SCHEMA_VERSION = 2  # 2: rows gained query_terms, doc_terms, flops_per_query, validation (version 1 files still load)
+COST_FIELDS = ("encode_passages_per_s", "ms_per_query", "flops_per_query", "query_terms", "doc_terms", "index_bytes",
+               "parameters")
+INVERTED_COST_FIELDS = ("flops_per_query", "query_terms", "doc_terms")  # inverted indexes: sparse models, BM25
 MARKER = "\u2020"  # dagger: corrected p < alpha against the baseline
 TEST_NAMES = {"student": "paired Student t-test", "fisher": "Fisher randomisation test"}
 CORRECTION_NAMES = {"holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected", "none": "uncorrected"}
@@ -59,8 +61,12 @@ class Row:
     ms_per_query: float | None = None
     index_bytes: int | None = None
     parameters: int | None = None
+    flops_per_query: float | None = None  # postings touched per query (inverted indexes)
+    query_terms: float | None = None  # mean non-zero terms per query (inverted indexes)
+    doc_terms: float | None = None  # mean non-zero terms per passage (inverted indexes)
     provenance: dict[str, str] = field(default_factory=dict)  # e.g. model / index / pipeline -> fingerprint
     significance: dict[str, Significance] = field(default_factory=dict)  # metric -> test against the baseline
+    validation: dict[str, Any] | None = None  # a trained student's validation curve (retrdistill.validation.curve)
 
 
 @dataclass
@@ -73,6 +79,9 @@ class MeanRow:
     encode_passages_per_s: float | None = None  # mean over the system's rows, if all have it
     ms_per_query: float | None = None  # idem
     parameters: int | None = None  # when the same on every row; index size is not averaged
+    flops_per_query: float | None = None  # mean over the system's rows, if all have it
+    query_terms: float | None = None  # idem
+    doc_terms: float | None = None  # idem
 
 
 @dataclass
@@ -99,7 +108,11 @@ class Leaderboard:
         ms_per_query: float | None = None,
         index_bytes: int | None = None,
         parameters: int | None = None,
+        flops_per_query: float | None = None,
+        query_terms: float | None = None,
+        doc_terms: float | None = None,
         provenance: Mapping[str, str] | None = None,
+        validation: dict[str, Any] | None = None,
     ) -> Row:
         return self.add(
             Row(
@@ -111,7 +124,11 @@ class Leaderboard:
                 ms_per_query=ms_per_query,
                 index_bytes=index_bytes,
                 parameters=parameters,
+                flops_per_query=flops_per_query,
+                query_terms=query_terms,
+                doc_terms=doc_terms,
                 provenance=dict(provenance or {}),
+                validation=validation,
             )
         )
 
@@ -181,6 +198,7 @@ class Leaderboard:
                     encode_passages_per_s=_mean_if_all([r.encode_passages_per_s for r in rows]),
                     ms_per_query=_mean_if_all([r.ms_per_query for r in rows]),
                     parameters=params.pop() if len(params) == 1 else None,
+                    **{c: _mean_if_all([getattr(r, c) for r in rows]) for c in INVERTED_COST_FIELDS},
                 )
             )
         return sorted(out, key=lambda r: _rank_key(r.metrics, self.primary_metric, r.system))
@@ -272,14 +290,14 @@ def _parse(data: Any, path: Path) -> Leaderboard:
         metric_order=list(order),
     )
     for i, raw in enumerate(data["rows"]):
-        board.add(_parse_row(raw, path, f"rows[{i}]"))
+        board.add(_parse_row(raw, path, f"rows[{i}]", version))
     # "metrics" gives the column order only; "datasets" and "mean" are derived and recomputed, not read
     return board
 
 
-def _parse_row(raw: Any, path: Path, where: str) -> Row:
+def _parse_row(raw: Any, path: Path, where: str, version: int = SCHEMA_VERSION) -> Row:
     _expect(isinstance(raw, dict), path, where, "an object", raw)
-    known = {f.name for f in fields(Row)}
+    known = {f.name for f in fields(Row)} - ({*INVERTED_COST_FIELDS, "validation"} if version < 2 else set())
     unknown = sorted(set(raw) - known)
     _expect(not unknown, path, where, f"only the fields {sorted(known)}", unknown)
     for key in ("system", "dataset"):
@@ -304,7 +322,7 @@ def _parse_row(raw: Any, path: Path, where: str) -> Row:
             "a non-negative integer or null",
             v,
         )
-    for key in ("encode_passages_per_s", "ms_per_query"):
+    for key in ("encode_passages_per_s", "ms_per_query", *INVERTED_COST_FIELDS):
         v = raw.get(key)
         _expect(v is None or (_is_num(v) and v >= 0), path, f"{where}.{key}", "a non-negative number or null", v)
     prov = raw.get("provenance", {})
@@ -337,9 +355,24 @@ def _parse_row(raw: Any, path: Path, where: str) -> Row:
         ms_per_query=raw.get("ms_per_query"),
         index_bytes=raw.get("index_bytes"),
         parameters=raw.get("parameters"),
+        **{key: raw.get(key) for key in INVERTED_COST_FIELDS},
         provenance=dict(prov),
         significance=sig,
+        validation=_parse_validation(raw.get("validation"), path, f"{where}.validation"),
     )
+
+
+def _parse_validation(raw: Any, path: Path, where: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    _expect(isinstance(raw, dict) and isinstance(raw.get("metric"), str) and isinstance(raw.get("points"), list),
+            path, where, "null or an object with metric and points", raw)
+    for i, point in enumerate(raw["points"]):
+        _expect(isinstance(point, dict) and isinstance(point.get("step"), int) and _is_num(point.get("value")),
+                path, f"{where}.points[{i}]", "an object with an integer step and a number value", point)
+    best = raw.get("best_step")
+    _expect(best is None or isinstance(best, int), path, f"{where}.best_step", "an integer or null", best)
+    return dict(raw)
 
 
 # ------------------------------------------------------------ formatting shared by Markdown and HTML
@@ -354,6 +387,9 @@ COST_LABELS = {
     "encode_passages_per_s": "passages/s",
     "index_bytes": "index",
     "parameters": "parameters",
+    "flops_per_query": "FLOPs/query",
+    "query_terms": "terms/query",
+    "doc_terms": "terms/passage",
 }
 
 
@@ -373,6 +409,13 @@ def format_cost(name: str, value: float | int | None) -> str:
         return str(value)
     if name == "ms_per_query":
         return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+    if name in ("query_terms", "doc_terms"):
+        return f"{value:.1f}"
+    if name == "flops_per_query":
+        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if value >= div:
+                return f"{value / div:.1f}{unit}"
+        return f"{value:.0f}"
     return f"{value:,.0f}"
 
 

@@ -143,7 +143,9 @@ def _section(board: Leaderboard, title: str, ident: str, rows: list[Row] | list[
         f"<tbody>{''.join(body)}</tbody></table>"
     )
     plot = _plot(board, rows, ident)
-    return f'<h2>{escape(title)}</h2><div class="section">{table}{plot}</div>'
+    from retrdistill.validation.curve import validation_figures
+
+    return f'<h2>{escape(title)}</h2><div class="section">{table}{plot}</div>{validation_figures(rows, ident)}'
 
 
 def _missing(value: object) -> str:
@@ -172,19 +174,31 @@ class _Point:
 
 
 def _plot(board: Leaderboard, rows: list[Row] | list[MeanRow], ident: str) -> str:
+    """The primary metric against latency (else index size), and against FLOPs/query where rows have it (the
+    inverted indexes: sparse models and BM25)."""
     metric = board.primary_metric
+    figures = []
     for field, label in (("ms_per_query", "query latency (ms/query)"), ("index_bytes", "index size")):
-        pts = [
-            _Point(float(getattr(r, field)), r.metrics[metric], r.system, r.system == board.baseline)
-            for r in rows
-            if getattr(r, field, None) is not None and metric in r.metrics
-        ]
-        if pts:
-            svg = scatter_svg(pts, x_label=label, y_label=metric_label(metric), x_field=field, ident=ident)
-            return (
-                f"<figure>{svg}<figcaption>{escape(metric_label(metric))} against {escape(label)}</figcaption></figure>"
-            )
-    return ""
+        figure = _figure(board, rows, metric, field, label, ident)
+        if figure:
+            figures.append(figure)
+            break
+    figures.append(_figure(board, rows, metric, "flops_per_query", "FLOPs per query (postings scored)",
+                           f"{ident}-flops"))
+    return "".join(figures)
+
+
+def _figure(board: Leaderboard, rows: list[Row] | list[MeanRow], metric: str, field: str, label: str,
+            ident: str) -> str:
+    pts = [
+        _Point(float(getattr(r, field)), r.metrics[metric], r.system, r.system == board.baseline)
+        for r in rows
+        if getattr(r, field, None) is not None and metric in r.metrics
+    ]
+    if not pts:
+        return ""
+    svg = scatter_svg(pts, x_label=label, y_label=metric_label(metric), x_field=field, ident=ident)
+    return f"<figure>{svg}<figcaption>{escape(metric_label(metric))} against {escape(label)}</figcaption></figure>"
 
 
 W, H = 600, 380
@@ -240,7 +254,7 @@ def scatter_svg(points: list[_Point], *, x_label: str, y_label: str, x_field: st
     leaders, dots, labels = [], [], []  # drawn in this order: lines under points, text on top
     for p in sorted(points, key=lambda p: (p.base, -p.y)):  # the baseline last, so it is drawn on top
         x, y = px(p.x), py(p.y)
-        unit = " ms/query" if x_field == "ms_per_query" else ""
+        unit = {"ms_per_query": " ms/query", "flops_per_query": " FLOPs/query"}.get(x_field, "")
         tip = f"{p.label}: {y_label} {p.y:.4f}, {_tick(x_field, p.x)}{unit}"
         cls = "pt base" if p.base else "pt"
         dots.append(f'<circle class="{cls}" cx="{x:.1f}" cy="{y:.1f}" r="5"><title>{escape(tip)}</title></circle>')
@@ -291,4 +305,6 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 def _tick(field: str, value: float) -> str:
     if field == "index_bytes":
         return format_cost("index_bytes", int(value))
+    if field == "flops_per_query":
+        return format_cost("flops_per_query", value)
     return f"{value:g}"

@@ -1,8 +1,10 @@
 """FAISS indexes over corpus embeddings: flat (exact), IVF and HNSW; moved to the GPU when a GPU build of faiss
 and a GPU are present (flat search gives the same results on either).
 
-Embeddings are added in chunks from a memory map, so building never copies the whole matrix into Python lists.
-Inner product is the metric: embeddings of cosine models are normalised before they get here.
+The corpus is encoded through the shared, resumable embedding cache (:func:`retrdistill.encoding.corpus.
+corpus_embeddings`), so a model encodes a corpus once for mining, scoring, indexing and evaluation. Embeddings
+are added in chunks from a memory map, so building never copies the whole matrix into Python lists. Inner
+product is the metric: embeddings of cosine models are normalised before they get here.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import logging
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from retrdistill.parts import Indexer
+from retrdistill.parts import BuiltIndex, Indexer
 
 log = logging.getLogger(__name__)
 _ADD_CHUNK = 65_536
@@ -51,6 +53,51 @@ class FaissIndexer(Indexer):
     @abstractmethod
     def make(self, dim: int, n: int):
         """An empty faiss index for ``n`` vectors of width ``dim``."""
+
+    # ---------------------------------------------------------------- encoding (dense SentenceTransformer)
+    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None):
+        from retrdistill.models import load_sentence_transformer
+
+        model = load_sentence_transformer(model_ref, device=device)
+        if max_seq_length:
+            model.max_seq_length = max_seq_length
+        return model
+
+    def index_corpus(self, model, corpus, folder: Path, *, model_ref: str, cache_dir: Path, batch_size: int = 64,
+                     max_seq_length: int | None = None) -> BuiltIndex:
+        """The corpus's cached embeddings (encoded on the first call, resumably) indexed and saved."""
+        store = self._embeddings(model, corpus, model_ref, cache_dir, batch_size, max_seq_length)
+        index = self.build(store.embeddings)
+        self.save(index, folder)
+        return BuiltIndex(index, {"normalized": store.normalized, "dim": int(store.embeddings.shape[1])})
+
+    def exact_index(self, model, corpus, *, model_ref: str, cache_dir: Path,
+                    max_seq_length: int | None = None) -> BuiltIndex:
+        """A flat (exact) index of ``corpus``'s cached embeddings, on the device :meth:`to_device` picks."""
+        store = self._embeddings(model, corpus, model_ref, cache_dir, 64, max_seq_length)
+        flat = FlatIndexer(FaissIndexer.Options(use_gpu=self.options.use_gpu))
+        return BuiltIndex(flat.to_device(flat.build(store.embeddings)),
+                          {"normalized": store.normalized, "dim": int(store.embeddings.shape[1]),
+                           "index_bytes": int(store.embeddings.nbytes)})
+
+    @staticmethod
+    def _embeddings(model, corpus, model_ref: str, cache_dir: Path, batch_size: int, max_seq_length: int | None):
+        from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings
+
+        settings = EncodeSettings(batch_size=batch_size, max_seq_length=max_seq_length)
+        return corpus_embeddings(model_ref, corpus, cache_dir, settings, model=model)
+
+    def encode_queries(self, model, texts: list[str], info: dict[str, Any]) -> np.ndarray:
+        from retrdistill.encoding.engine import encode_texts
+
+        return encode_texts(model, texts, batch_size=1 if len(texts) <= 1 else 32, normalize=info["normalized"])
+
+    def encode_passages(self, model, texts: list[str], info: dict[str, Any]) -> np.ndarray:
+        from retrdistill.encoding.engine import encode_texts
+
+        return encode_texts(model, texts, normalize=info["normalized"])
+
+    # ---------------------------------------------------------------- the index
 
     def build(self, embeddings: np.ndarray):
         import faiss

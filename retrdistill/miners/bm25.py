@@ -113,6 +113,20 @@ class BM25Miner(Miner):
             hits[qid] = _top_k(scores, k, self._doc_ids)
         return hits
 
+    def postings_cost(self, queries: dict[str, str]) -> dict[str, float]:
+        """What searching ``queries`` touches, in the sparse indexes' measures: mean distinct terms per query,
+        mean terms per passage, and FLOPs per query (the postings scored: the posting-list lengths of the query's
+        tokens as bm25s scores them, a repeated token once per occurrence)."""
+        self._load()
+        indptr = np.asarray(self._retriever.scores["indptr"], dtype=np.int64)
+        lengths = np.diff(indptr)
+        tokens = self._query_ids(list(queries.values()))
+        m = max(1, len(tokens))
+        flops = sum(int(lengths[np.asarray(t, dtype=np.int64)].sum()) for t in tokens if len(t))
+        docs = max(1, int(self._retriever.scores.get("num_docs", len(self._doc_ids))))
+        return {"query_terms": sum(len(set(t)) for t in tokens) / m, "doc_terms": int(indptr[-1]) / docs,
+                "flops_per_query": flops / m}
+
     def score_pairs(self, queries: dict[str, str], pairs: dict[str, list[str]]) -> dict[str, np.ndarray]:
         """BM25 score of given passages for each query (for fusion teachers)."""
         self._load()

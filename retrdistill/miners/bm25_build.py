@@ -9,7 +9,8 @@ bm25s's own tokenizer and scoring functions, holding one chunk of passages at a 
    passage's distinct term ids and term frequencies to disk; count document frequencies and total length;
 2. compute the idf of every term (bm25s's formula for the method), then for each chunk compute the BM25 weight
    of every (passage, term) and scatter it into the term-major (CSC) arrays ``data`` / ``indices``, which are
-   memory-mapped ``.npy`` files in the output folder: they *are* the index.
+   memory-mapped ``.npy`` files in the output folder: they *are* the index (the scatter is
+   :func:`retrdistill.indexers.postings.write_term_major`, shared with the sparse index).
 
 Memory above the index: the vocabulary (grows with distinct terms, not passages), a few arrays of vocabulary
 size, and one chunk. Temporary chunk files (12 bytes per (passage, term) pair) are deleted at the end.
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from retrdistill import progress
+from retrdistill.indexers.postings import write_term_major
 
 log = logging.getLogger(__name__)
 STREAMED_METHODS = ("robertson", "lucene", "atire")
@@ -81,38 +83,21 @@ def build_bm25_streamed(corpus, tokenizer, out: Path, *, k1: float, b: float, me
     for term in np.flatnonzero(doc_freq[:n_vocab]).tolist():
         idf[term] = idf_fn(int(doc_freq[term]), N=n_docs)
     tfc_fn = _select_tfc_scorer(method)
-    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
-    np.cumsum(doc_freq[:n_vocab], out=indptr[1:])
-    nnz = int(indptr[-1])
-    data = np.lib.format.open_memmap(out / DATA, mode="w+", dtype=np.float32, shape=(nnz,))
-    indices = np.lib.format.open_memmap(out / INDICES, mode="w+", dtype=np.int32, shape=(nnz,))
-    cursor = indptr[:-1].copy()
     bar = progress.bar(n_docs, "BM25 weights", "psg")
-    for start, rows in chunks:
-        terms = np.load(work / f"{start:012d}.terms.npy")
-        docs = np.load(work / f"{start:012d}.docs.npy")
-        tf = np.load(work / f"{start:012d}.tf.npy")
-        lengths = np.load(work / f"{start:012d}.len.npy")
-        # the same expressions as bm25s's per-passage loop, evaluated for the whole chunk
-        tfc = tfc_fn(tf_array=tf, l_d=lengths[docs - start], l_avg=avg_doc_len, k1=k1, b=b, delta=delta)
-        weights = (idf[terms] * tfc).astype(np.float32)
-        order = np.argsort(terms, kind="stable")  # by term; passages stay ascending within a term
-        sorted_terms = terms[order]
-        first = np.flatnonzero(np.r_[True, sorted_terms[1:] != sorted_terms[:-1]])
-        counts = np.diff(np.r_[first, len(sorted_terms)])
-        rank = np.arange(len(sorted_terms)) - np.repeat(first, counts)
-        positions = cursor[sorted_terms] + rank
-        data[positions] = weights[order]
-        indices[positions] = docs[order]
-        cursor[sorted_terms[first]] += counts
-        bar.update(rows)
+
+    def weighted_chunks():
+        for start, rows in chunks:
+            terms = np.load(work / f"{start:012d}.terms.npy")
+            docs = np.load(work / f"{start:012d}.docs.npy")
+            tf = np.load(work / f"{start:012d}.tf.npy")
+            lengths = np.load(work / f"{start:012d}.len.npy")
+            # the same expressions as bm25s's per-passage loop, evaluated for the whole chunk
+            tfc = tfc_fn(tf_array=tf, l_d=lengths[docs - start], l_avg=avg_doc_len, k1=k1, b=b, delta=delta)
+            yield terms, docs, (idf[terms] * tfc).astype(np.float32)
+            bar.update(rows)
+
+    nnz = write_term_major(out, doc_freq[:n_vocab], weighted_chunks(), names=(DATA, INDICES, INDPTR))
     bar.close()
-    if not np.array_equal(cursor, indptr[1:]):
-        raise RuntimeError("BM25 build: term counts changed between the two passes")
-    data.flush()
-    indices.flush()
-    del data, indices
-    np.save(out / INDPTR, indptr)
     from bm25s.utils import json_functions  # bm25s's own writer (orjson when installed), for identical files
 
     with open(out / "vocab.index.json", "wt", encoding="utf-8") as fh:

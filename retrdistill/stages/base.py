@@ -49,7 +49,21 @@ class StageResult:
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    """The config as a dict; a field whose metadata sets ``omit_default`` is left out while it holds its
+    default, so adding such an optional field keeps the keys of artefacts written before it existed."""
+    if not dataclasses.is_dataclass(cfg):
+        return dict(cfg)
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("omit_default") and out.get(f.name) == _field_default(f):
+            out.pop(f.name)
+    return out
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def upstream(folder: str | Path, kind: str | tuple[str, ...]) -> Manifest:
@@ -152,6 +166,7 @@ class StepInput:
     kinds: tuple[str, ...]  # accepted artefact kinds
     help: str
     literal: bool = False  # a plain value (a path, a model name) is accepted instead of a reference
+    many: bool = False  # a non-empty list of distinct references (``["@a", "@b"]``); prepare gets a list of paths
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
-"""Stage ``index``: encode the corpus with a model (the trained student by default) and build a FAISS index.
+"""Stage ``index``: encode the corpus with a model (the trained student by default) and index it.
 
-The folder (under ``indexes/`` by default) holds ``index.faiss``, ``docids.txt`` (row -> doc id),
-``index.json`` (indexer, model, corpus, normalisation) and the manifest; :class:`retrdistill.Retriever` loads it.
+The registered indexer does both (see :class:`retrdistill.parts.Indexer`): it refuses a model of the wrong family
+before anything is encoded, encodes the corpus (dense FAISS indexers through the shared embedding cache, the
+sparse indexer through its postings cache) and saves its files. The folder (under ``indexes/`` by default)
+holds the indexer's files (``index.faiss``; ``sparse.json`` + ``postings.*.npy``), ``docids.txt`` (row -> doc
+id), ``index.json`` (indexer, model, corpus, what the indexer records of the encoding) and the manifest;
+:class:`retrdistill.Retriever` loads it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from typing import Any
 from retrdistill import registry
 from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
 from retrdistill.data.beir import open_collection
-from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
 from retrdistill.models import model_fingerprint
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 
@@ -44,17 +47,17 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     corpus = collection.corpus
     indexer = registry.build("indexer", cfg.indexer, cfg.options)
-    settings = EncodeSettings(batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length)
+    indexer.check_model(model)  # a model that exists already: refused now, before planning goes on
     inputs = {"corpus": corpus.fingerprint, "model": model_fingerprint(model)}
     config = {**config_dict(cfg), "model": model}
     config.pop("batch_size")
     out_dir = Path(out_dir)
 
     def body(tmp: Path) -> dict[str, Any]:
-        encoder = load_encoder(model, settings)
-        store = corpus_embeddings(model, corpus, cache_dir, settings, model=encoder)
-        index = indexer.build(store.embeddings)
-        indexer.save(index, tmp)
+        indexer.check_model(model)  # an upstream step's model, written since planning: before any encoding
+        encoder = indexer.load_model(model, max_seq_length=cfg.max_seq_length)
+        built = indexer.index_corpus(encoder, corpus, tmp, model_ref=model, cache_dir=Path(cache_dir),
+                                     batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length)
         with atomic_path(tmp / "docids.txt") as part, open(part, "w", encoding="utf-8") as fh:
             for start in range(0, len(corpus), 100_000):
                 fh.writelines(d + "\n" for d in corpus.dataset[start:start + 100_000]["_id"])
@@ -62,15 +65,15 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
             "indexer": cfg.indexer,
             "options": cfg.options,
             "model": _portable(model, out_dir),
+            "model_type": indexer.model_type,
             "max_seq_length": cfg.max_seq_length,
-            "normalized": store.normalized,
+            **built.info,
             "corpus": _portable(str(corpus.path), out_dir),
             "corpus_fingerprint": corpus.fingerprint,
-            "dim": int(store.embeddings.shape[1]),
             "documents": len(corpus),
         })
-        return {"documents": len(corpus), "dim": int(store.embeddings.shape[1]),
-                "index_bytes": indexer.index_bytes(tmp)}
+        counts = {k: v for k, v in built.info.items() if isinstance(v, int) and not isinstance(v, bool)}
+        return {"documents": len(corpus), **counts, "index_bytes": indexer.index_bytes(tmp)}
 
     return Work("index", "index", out_dir, config, inputs, body)
 

@@ -17,12 +17,22 @@ The stage only wires parts; each piece is built by its own part (see :mod:`retrd
 also writes the student as declared, before training and before any seeding, to ``untrained/`` (the
 undistilled baseline of its shape, ``@step.untrained``). The checkpoint is saved under ``model/``. The whole
 config keys the artefact.
+
+``teacher_scale`` (``{mode: none|factor|standardise, factor: 1.0}``; empty: none) rescales the teacher's scores
+of each query before any student's labels are made (:mod:`retrdistill.training.teacher_scale`).
+
+``validation`` (off when empty; see :mod:`retrdistill.validation`) holds out a seeded fraction of the scored
+groups by query id, evaluates the student on them with label-free metrics at the end of every epoch (or every
+N steps) and keeps the checkpoint best on ``validation.metric``, so ``epochs`` is an upper bound; the manifest's
+``counts.validation`` records the split (counts, seed, the held-out ids' fingerprint), the whole curve and
+which checkpoint was kept. Off, the step trains exactly as without it, and its key is unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +65,12 @@ class TrainConfig:
     matryoshka_dims: list[int] = field(default_factory=list)  # also train the score parts at these widths
     truncate_dim: int | None = None  # the saved student outputs its first truncate_dim dimensions
     save_untrained: bool = False  # also write the declared student before training to untrained/ (@step.untrained)
+    validation: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Label-free validation, e.g. fraction=0.1 metric=pseudo-mrr@10 every=epoch (empty: off).",
+        "omit_default": True})  # left out of the artefact's key while empty: existing artefacts stay current
+    teacher_scale: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Rescale teacher scores before labels: mode=none|factor|standardise factor=1.0 (empty: none).",
+        "omit_default": True})  # see retrdistill.training.teacher_scale; canonical form, empty while none
 
     def __post_init__(self) -> None:
         registry.entry("student", self.student)
@@ -69,6 +85,8 @@ class TrainConfig:
         if self.loss_weight == 0 and self.in_batch_negatives == 0 and self.embedding_distill == 0:
             raise ValueError("every loss weight is 0: set loss_weight, in_batch_negatives or embedding_distill")
         self.embedding_settings()  # validates the options now, with the list of known keys on a typo
+        self.validation_settings()
+        self.teacher_scale = self.teacher_scale_settings().as_config()  # canonical: {} or both keys
         if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in self.matryoshka_dims):
             raise ValueError(f"matryoshka_dims must be positive widths, got {self.matryoshka_dims!r}")
         if self.truncate_dim is not None and self.truncate_dim < 1:
@@ -81,6 +99,18 @@ class TrainConfig:
         from retrdistill.losses.embedding import EmbeddingDistill
 
         return registry.make_options(EmbeddingDistill, self.embedding_options, label="embedding_options")
+
+    def validation_settings(self):
+        """The validation settings (:class:`retrdistill.validation.split.ValidationSettings`), None when off."""
+        from retrdistill.validation.split import validation_settings
+
+        return validation_settings(self.validation)
+
+    def teacher_scale_settings(self):
+        """How teacher scores are rescaled before the labels (:class:`retrdistill.training.teacher_scale.TeacherScale`)."""
+        from retrdistill.training.teacher_scale import teacher_scale
+
+        return teacher_scale(self.teacher_scale)
 
     def objective_settings(self):
         from retrdistill.training.objective import ObjectiveSettings
@@ -107,11 +137,14 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
     from retrdistill.training.data import TrainingInputs
 
     student = registry.build("student", cfg.student, cfg.options)
+    student.check_config(cfg)
     loss = registry.build("loss", cfg.loss, cfg.loss_options)
-    sources = TrainingInputs(Path(scores_dir), Path(collection_dir), Path(cache_dir))
+    sources = TrainingInputs(Path(scores_dir), Path(collection_dir), Path(cache_dir),
+                             teacher_scale=cfg.teacher_scale_settings())
     objective = student.objective(loss, cfg.objective_settings(), sources)
     inputs = {"scores": upstream(scores_dir, "scores").fingerprint, "student": fingerprint_obj(student.fingerprint()),
               **objective.inputs()}
+    validation = cfg.validation_settings()
 
     def body(tmp: Path) -> dict[str, Any]:
         from transformers import set_seed
@@ -122,14 +155,21 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
             student.save(student.load(), tmp / "untrained")
         set_seed(cfg.seed)
         random.seed(cfg.seed)
-        rows = student.training_data().build(sources, negatives=cfg.negatives_per_query, label=loss.label)
+        rows_from, checking = sources, None
+        if validation is not None:  # the held-out groups never reach the training rows
+            rows_from, checking = _validation_split(validation, sources, tmp)
+        rows = student.training_data().build(rows_from, negatives=cfg.negatives_per_query, label=loss.label)
         counts = {**rows.counts, **objective.extend_labels(rows)}
         dataset = rows.dataset()
         model = student.load()
         built = objective.build(model, rows)
         counts.update(built.counts)
+        fit_validation = None if checking is None else _fit_validation(validation, checking, student, cfg, sources, tmp)
         counts.update(fit(student.trainer_classes(), model, built.loss, dataset, cfg.fit_settings(), tmp / ".trainer",
-                          batch_sampler=built.batch_sampler))
+                          batch_sampler=built.batch_sampler, validation=fit_validation))
+        if checking is not None:
+            counts["validation"]["split"] = checking["record"]
+            shutil.rmtree(tmp / ".validation", ignore_errors=True)
         counts.update(built.trained_counts())
         if cfg.truncate_dim is not None:
             model = student.truncate(model, cfg.truncate_dim)
@@ -139,6 +179,30 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
         return counts
 
     return Work("train", "student", Path(out_dir), config_dict(cfg), inputs, body)
+
+
+def _validation_split(settings, sources, tmp: Path):
+    """The training inputs without the held-out groups, and what validating needs (groups, record)."""
+    from retrdistill.validation.split import split_scores
+
+    split, held, record = split_scores(sources.scores_dir, tmp / ".validation", settings)
+    log.info("train: validation holds out %d of %d queries (%d groups, seed %d)", len(split.held_out),
+             len(split.held_out) + len(split.train), len(held), settings.seed)
+    return sources.holding(tmp / ".validation"), {"groups": held, "record": record}
+
+
+def _fit_validation(settings, checking: dict[str, Any], student, cfg: TrainConfig, sources, tmp: Path):
+    from retrdistill.training.fit import FitValidation
+    from retrdistill.validation.evaluator import LabelFreeEvaluator
+
+    def as_saved(model):  # the model as the artefact will hold it (cut to truncate_dim when asked)
+        return model if cfg.truncate_dim is None else student.truncate(model, cfg.truncate_dim)
+
+    evaluator = LabelFreeEvaluator(checking["groups"], sources.corpus, settings.parts(), settings.metric,
+                                   batch_size=settings.batch_size, transform=as_saved)
+    keep = tmp / "checkpoints" if settings.keep_checkpoints else None
+    return FitValidation(evaluator, settings.metric, settings.every, settings.at_start, keep,
+                         lambda model, folder: student.save(as_saved(model), folder))
 
 
 STAGE = StageSpec(

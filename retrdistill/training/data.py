@@ -17,11 +17,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainingInputs:
-    """Where a training run reads from: the scores folder, the collection and the shared cache folder."""
+    """Where a training run reads from: the scores folder, the collection and the shared cache folder.
+
+    ``manifest_dir``: the scores artefact whose manifest :meth:`scores_config` reads, when ``scores_dir`` holds
+    only part of its groups (the training groups of a validation split); None: ``scores_dir`` itself.
+    ``teacher_scale``: how :meth:`groups` rescales the teacher's scores
+    (:class:`retrdistill.training.teacher_scale.TeacherScale`; None: as scored).
+    """
 
     scores_dir: Path
     collection_dir: Path
     cache_dir: Path
+    manifest_dir: Path | None = None
+    teacher_scale: Any = None
 
     def __post_init__(self) -> None:
         self.scores_dir, self.collection_dir, self.cache_dir = map(Path, (self.scores_dir, self.collection_dir,
@@ -38,8 +46,24 @@ class TrainingInputs:
         """The config recorded in the scores' manifest (it names the teacher that scored the data)."""
         from retrdistill.artefacts import read_manifest
 
-        manifest = read_manifest(self.scores_dir)
+        manifest = read_manifest(self.manifest_dir or self.scores_dir)
         return manifest.config if manifest else {}
+
+    def groups(self):
+        """The scored groups of ``scores_dir`` (positives first), their teacher scores rescaled by
+        ``teacher_scale``. Every training-data builder reads its groups here, so the rescaling is one setting for
+        every student."""
+        for group in read_scores(self.scores_dir):
+            yield group if self.teacher_scale is None else self.teacher_scale.group(group)
+
+    def holding(self, scores_dir: Path) -> "TrainingInputs":
+        """The same inputs reading the scored groups of ``scores_dir`` (a subset of this one's), the corpus
+        shared (not opened again) and the manifest still this one's."""
+        other = TrainingInputs(scores_dir, self.collection_dir, self.cache_dir, self.manifest_dir or self.scores_dir,
+                               self.teacher_scale)
+        if "corpus" in self.__dict__:
+            other.__dict__["corpus"] = self.__dict__["corpus"]
+        return other
 
 
 @dataclass
@@ -68,7 +92,8 @@ class TrainingRows:
 class ScoredRows:
     """One row ``query, positive, negative_1 .. negative_n, label`` per scored group (bi-encoder layout).
 
-    Inputs: the scored groups of ``inputs.scores_dir`` (:func:`retrdistill.kinds.read_scores`, positives first),
+    Inputs: the scored groups of ``inputs`` (:meth:`TrainingInputs.groups`: positives first, teacher scores
+    rescaled as configured),
     the corpus texts, ``negatives`` (n) and ``label``, which maps the teacher's ``[positive, negative_1..n]``
     scores to the row's label (the loss part's :meth:`~retrdistill.parts.Loss.label`).
 
@@ -86,7 +111,7 @@ class ScoredRows:
                                     "label": []}
         docids: list[list[str]] = []
         skipped = 0
-        for group in read_scores(inputs.scores_dir):
+        for group in inputs.groups():
             if group.positives < 1 or len(group.docids) - group.positives < n:
                 skipped += 1
                 continue

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,23 @@ class FitSettings:
     logging_steps: int = 10
 
 
+@dataclass
+class FitValidation:
+    """Validation during a fit: the trainer's ``evaluator`` (returning ``{name: value}``, with a ``history``
+    list of its calls), the name the best checkpoint is chosen on, how often (``"epoch"`` or every N steps),
+    whether the model is also evaluated before training, and where to keep every evaluated checkpoint
+    (``keep_dir``, written by ``save(model, folder)``; None: only the best is kept, as the trained model)."""
+
+    evaluator: Any
+    metric: str
+    every: str | int = "epoch"
+    at_start: bool = False
+    keep_dir: Path | None = None
+    save: Callable[[Any, Path], None] | None = None
+
+
 def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitSettings, work_dir: Path, *,
-        batch_sampler: str = "batch_sampler") -> dict[str, Any]:
+        batch_sampler: str = "batch_sampler", validation: FitValidation | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset`` minimising ``loss``, with ``(trainer class, arguments class)``.
 
     Inputs: any sentence-transformers trainer pair (``SentenceTransformerTrainer`` and its arguments,
@@ -43,11 +59,17 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
 
     Output: counts ``steps``, ``train_loss`` (mean over the run), ``first_logged_loss``, ``last_logged_loss``
     and ``loss_curve`` (``[step, loss]`` every ``logging_steps``).
+
+    With ``validation``, the trainer evaluates at the end of every epoch (or every N steps), saves a
+    model-only checkpoint each time under ``work_dir`` (at most the best and the latest are kept), and loads
+    the best one on ``validation.metric`` at the end (``load_best_model_at_end``), so the epochs are an upper
+    bound; the counts gain ``validation`` (:func:`validation_record`). Without it the arguments are exactly
+    those of a run without validation.
     """
     import torch
 
     trainer_cls, args_cls = trainer_classes
-    args = args_cls(
+    arguments = dict(
         output_dir=str(work_dir),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
@@ -65,16 +87,68 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
         use_cpu=not torch.cuda.is_available(),
         batch_sampler=batch_sampler,
     )
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss)
+    extra: dict[str, Any] = {}
+    if validation is not None:
+        strategy = "epoch" if validation.every == "epoch" else "steps"
+        arguments.update(eval_strategy=strategy, save_strategy=strategy, load_best_model_at_end=True,
+                         metric_for_best_model=validation.metric, greater_is_better=True, save_only_model=True,
+                         save_total_limit=1)
+        if strategy == "steps":
+            arguments.update(eval_steps=int(validation.every), save_steps=int(validation.every))
+        extra["evaluator"] = validation.evaluator
+    args = args_cls(**arguments)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss, **extra)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LogCallback())
+    if validation is not None:
+        if validation.keep_dir is not None:
+            trainer.add_callback(KeepCheckpoints(validation.keep_dir, validation.save))
+        if validation.at_start:
+            validation.evaluator(model, epoch=0, steps=0)
+            if validation.keep_dir is not None:
+                validation.save(model, validation.keep_dir / "step-0")
     result = trainer.train()
     shutil.rmtree(work_dir, ignore_errors=True)
     history = [h for h in trainer.state.log_history if "loss" in h]
-    return {"steps": int(result.global_step), "train_loss": float(result.training_loss),
-            "first_logged_loss": history[0]["loss"] if history else None,
-            "last_logged_loss": history[-1]["loss"] if history else None,
-            "loss_curve": [[int(h["step"]), float(h["loss"])] for h in history]}
+    counts = {"steps": int(result.global_step), "train_loss": float(result.training_loss),
+              "first_logged_loss": history[0]["loss"] if history else None,
+              "last_logged_loss": history[-1]["loss"] if history else None,
+              "loss_curve": [[int(h["step"]), float(h["loss"])] for h in history]}
+    if validation is not None:
+        counts["validation"] = validation_record(validation, trainer.state, int(result.global_step))
+    return counts
+
+
+def validation_record(validation: FitValidation, state, last_step: int) -> dict[str, Any]:
+    """What the manifest records: the chosen metric, the whole curve (one point per evaluation: ``step``,
+    ``epoch``, every metric's value, seconds), and the kept checkpoint (``best``: its step, epoch and value;
+    ``kept``: ``"best"``, or ``"last"`` when no evaluation happened during training)."""
+    curve = list(validation.evaluator.history)
+    best_step = state.best_global_step if state.best_model_checkpoint is not None else None
+    record: dict[str, Any] = {"metric": validation.metric, "every": validation.every, "at_start": validation.at_start,
+                              "curve": curve,
+                              "last_step": last_step, "kept": "best" if best_step is not None else "last",
+                              "seconds": round(sum(p["seconds"] for p in curve), 3)}
+    if best_step is None:
+        log.warning("train: no validation during training (every %s, %d steps): the last model is kept",
+                    validation.every, last_step)
+        return record
+    point = next((p for p in curve if p["step"] == best_step), None)  # step 0 (at_start) is never a candidate
+    record["best"] = {"step": int(best_step), "epoch": point["epoch"] if point else None,
+                      "value": float(state.best_metric)}
+    return record
+
+
+class KeepCheckpoints(TrainerCallback):
+    """Writes the model at every evaluation to ``folder/step-N`` with ``save(model, path)``."""
+
+    def __init__(self, folder: Path, save: Callable[[Any, Path], None]) -> None:
+        self.folder = Path(folder)
+        self.save = save
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self.save(model, self.folder / f"step-{state.global_step}")
 
 
 class LogCallback(TrainerCallback):

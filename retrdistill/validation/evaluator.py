@@ -1,0 +1,94 @@
+"""The evaluator a sentence-transformers trainer calls at every evaluation: the label-free metrics of the
+student as it is, computed over the whole corpus.
+
+Each call encodes the held-out queries and the whole corpus with the student (through
+:func:`retrdistill.encoding.engine.encode_texts`, with a progress bar), searches exactly, computes every
+metric part and returns ``{name: value}``; the trainer prefixes the names with ``eval_`` and picks the best
+checkpoint on the chosen one (``metric_for_best_model``). When no metric needs a corpus search only the
+held-out candidates are encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from sentence_transformers.base.evaluation import BaseEvaluator
+
+from retrdistill import progress
+from retrdistill.encoding.corpus import should_normalize
+from retrdistill.encoding.engine import encode_texts
+from retrdistill.validation.metrics import ValidationView
+
+log = logging.getLogger(__name__)
+CORPUS_SLICE = 8192  # passages handed to the engine per call (bounded memory for the texts)
+
+
+class LabelFreeEvaluator(BaseEvaluator):
+    """``evaluator=`` of a sentence-transformers trainer: the ``metrics`` parts on the held-out ``groups``.
+
+    ``primary``: the name the best checkpoint is chosen on (``primary_metric``); ``transform``: applied to the
+    model before encoding (the train stage cuts it to ``truncate_dim`` as it will be saved). Every call is
+    appended to :attr:`history` as ``{"step", "epoch", "metrics", "seconds"}``.
+    """
+
+    def __init__(self, groups: list, corpus, metrics: list, primary: str, *, batch_size: int = 64,
+                 transform=None) -> None:
+        super().__init__()
+        if not groups:
+            raise ValueError("validation needs at least one held-out group")
+        self.groups = list(groups)
+        self.corpus = corpus
+        self.metrics = list(metrics)
+        self.primary_metric = primary
+        self.greater_is_better = True
+        self.batch_size = batch_size
+        self.transform = transform  # model -> the model as it will be saved (e.g. cut to truncate_dim)
+        self.history: list[dict[str, Any]] = []
+
+    def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
+        started = time.perf_counter()
+        view = self.view(model if self.transform is None else self.transform(model))
+        values: dict[str, float] = {}
+        for metric in self.metrics:
+            values.update(metric.compute(view))
+        seconds = time.perf_counter() - started
+        step = max(int(steps), 0)
+        self.history.append({"step": step, "epoch": None if epoch is None or epoch < 0 else round(float(epoch), 4),
+                             "metrics": dict(values), "seconds": round(seconds, 3)})  # the trainer renames its own
+        log.info("validation at step %d: %s (%.1fs)", step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in values.items()), seconds)
+        return values
+
+    def view(self, model) -> ValidationView:
+        """The student's embeddings of the held-out queries and of the corpus (or of the candidates only)."""
+        corpus = self.corpus
+        normalize = should_normalize(model)
+        queries = encode_texts(model, [g.query for g in self.groups], batch_size=self.batch_size, normalize=normalize)
+        row = corpus.row_index()
+        if any(m.search_depth() > 0 for m in self.metrics):
+            passages = self._encode_rows(model, None, normalize, "validation: encoding the corpus")
+            return ValidationView(self.groups, queries, passages, row, None, corpus.ids_at)
+        rows = sorted({int(row[d]) for g in self.groups for d in g.docids})
+        passages = self._encode_rows(model, rows, normalize, "validation: encoding the candidates")
+        return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)}, corpus.ids_at)
+
+    def _encode_rows(self, model, rows: list[int] | None, normalize: bool, desc: str) -> np.ndarray:
+        """Embeddings of corpus ``rows`` in that order (None: the whole corpus in corpus order)."""
+        n = len(self.corpus) if rows is None else len(rows)
+        bar = progress.bar(n, desc, "passage")
+        parts = []
+        try:
+            for start in range(0, n, CORPUS_SLICE):
+                texts = (self.corpus.texts(start, min(n, start + CORPUS_SLICE)) if rows is None
+                         else self.corpus.texts_at(rows[start:start + CORPUS_SLICE]))
+                parts.append(encode_texts(model, texts, batch_size=self.batch_size, normalize=normalize,
+                                          on_progress=bar.update))
+        finally:
+            bar.close()
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"groups": len(self.groups), "metrics": [m.fingerprint() for m in self.metrics]}

@@ -11,43 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from killing import run_until_marker_then_kill
 
 from retrdistill.artefacts import atomic_dir, atomic_path, remove_stale_temps
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "offline:tiny-bert-mlm"
-
-
-def _run_until_marker_then_kill(script: str, marker: Path, timeout: float = 300.0) -> None:
-    """Start ``script`` in a child Python, wait for it to write ``marker``, then SIGKILL it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while not marker.exists():
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"the child ended (rc {proc.returncode}) before the kill point:\n{err.decode()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("the child did not reach the kill point in time")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
 
 
 def _visible(folder: Path) -> set[str]:
@@ -106,7 +83,7 @@ def test_killed_scoring_resumes_from_cache_and_matches_an_uninterrupted_run(smal
         cfg = ScoreConfig(teacher="bi-encoder", options={SCORE_OPTIONS!r}, batch_queries={batch_queries})
         run_score(cfg, {str(small_collection)!r}, {str(candidates)!r}, {str(work / 'scores')!r}, cache_dir={str(cache)!r})
     """)
-    _run_until_marker_then_kill(script, marker)
+    run_until_marker_then_kill(script, marker)
 
     # Killed: no scores artefact is visible, only the dead run's dot-prefixed temporary folder.
     assert _visible(work) == set()
@@ -163,7 +140,7 @@ def test_killed_encoding_resumes_at_the_first_missing_shard(small_collection, tm
         corpus = load_corpus({str(small_collection / 'corpus.jsonl')!r}, {str(cache / 'corpora')!r})
         corpus_embeddings({MODEL!r}, corpus, {str(cache)!r}, EncodeSettings(**{settings.__dict__!r}))
     """)
-    _run_until_marker_then_kill(script, marker)
+    run_until_marker_then_kill(script, marker)
 
     [folder] = list((cache / "embeddings").iterdir())
     assert not (folder / "meta.json").exists() and not (folder / "embeddings.npy").exists()

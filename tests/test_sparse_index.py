@@ -8,16 +8,12 @@ vocabulary for each token, so that is what keeps these tests to seconds on 2 CPU
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from killing import run_until_marker_then_kill
 
 from retrdistill.errors import ConfigError
 
@@ -239,25 +235,6 @@ def test_leaderboard_round_trips_sparse_cost_and_reads_version_1(tmp_path):
 
 
 # ------------------------------------------------------------------ a killed build
-def _run_until_marker_then_kill(script: str, marker: Path, timeout: float = 300.0) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    try:
-        while not marker.exists():
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                pytest.fail(f"the child ended (rc {proc.returncode}) before the kill point:\n{err.decode()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("the child did not reach the kill point in time")
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
 
 
 @pytest.mark.slow  # a child imports torch and SPLADE-encodes part of the corpus, then two more builds: ~30-60 s
@@ -288,7 +265,7 @@ def test_killed_sparse_index_build_resumes_from_its_shards(tmp_path, small_colle
         cfg = IndexConfig(indexer="sparse", options={{"shard_size": {shard}}}, max_seq_length={seq}, batch_size=32)
         run_index(cfg, {str(small_collection)!r}, {MODEL!r}, {str(work / 'index')!r}, cache_dir={str(cache)!r})
     """)
-    _run_until_marker_then_kill(script, marker)
+    run_until_marker_then_kill(script, marker)
 
     assert {p.name for p in work.iterdir() if not p.name.startswith(".")} == set(), "no index is visible"
     [folder] = list((cache / "sparse").iterdir())

@@ -66,6 +66,16 @@ def load_encoder(model_ref: str, settings: EncodeSettings):
     return model
 
 
+def shard_plan(shards: Path, n: int, shard_size: int, suffix: str) -> tuple[list[int], list[int], int]:
+    """A resumable encoding of ``n`` passages in shards of ``shard_size``, one file ``START.suffix`` each in
+    ``shards`` (created): every shard's start row, the starts still to encode, and the passages already done."""
+    shards.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, n, shard_size))
+    todo = [s for s in starts if not (shards / f"{s:012d}{suffix}").is_file()]
+    done = sum(min(shard_size, n - s) for s in starts if s not in todo)
+    return starts, todo, done
+
+
 def corpus_embeddings(
     model_ref: str,
     corpus: Corpus,
@@ -83,12 +93,9 @@ def corpus_embeddings(
     model = model or load_encoder(model_ref, settings)
     normalized = should_normalize(model)
     shards = folder / f"shards-{settings.shard_size}"
-    shards.mkdir(parents=True, exist_ok=True)
     n = len(corpus)
-    starts = list(range(0, n, settings.shard_size))
-    todo = [s for s in starts if not (shards / f"{s:012d}.npy").is_file()]
+    starts, todo, done = shard_plan(shards, n, settings.shard_size, ".npy")
     log.info("encoding %d passages with %s: %d of %d shards to do", n, model_ref, len(todo), len(starts))
-    done = sum(min(settings.shard_size, n - s) for s in starts if s not in todo)
     bar = progress.bar(n, f"encode {Path(model_ref).name}", "psg", initial=done)
     for start in todo:
         texts = corpus.texts(start, start + settings.shard_size)

@@ -28,6 +28,7 @@ import numpy as np
 
 from retrdistill import progress
 from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
+from retrdistill.encoding.corpus import shard_plan
 from retrdistill.errors import ConfigError
 from retrdistill.models import model_fingerprint, resolve_model
 
@@ -237,12 +238,9 @@ def corpus_postings(model_ref: str, corpus, cache_dir: str | Path, settings: Spa
     model = model or load_sparse_encoder(model_ref, max_seq_length=settings.max_seq_length)
     vocab = sparse_dim(model)
     shards = folder / f"shards-{settings.shard_size}"
-    shards.mkdir(parents=True, exist_ok=True)
     n = len(corpus)
-    starts = list(range(0, n, settings.shard_size))
-    todo = [s for s in starts if not (shards / f"{s:012d}.npz").is_file()]
+    starts, todo, done = shard_plan(shards, n, settings.shard_size, ".npz")
     log.info("sparse-encoding %d passages with %s: %d of %d shards to do", n, model_ref, len(todo), len(starts))
-    done = sum(min(settings.shard_size, n - s) for s in starts if s not in todo)
     bar = progress.bar(n, f"sparse-encode {Path(model_ref).name}", "psg", initial=done)
     for start in todo:
         texts = corpus.texts(start, start + settings.shard_size)

@@ -100,8 +100,6 @@ class FaissIndexer(Indexer):
     # ---------------------------------------------------------------- the index
 
     def build(self, embeddings: np.ndarray):
-        import faiss
-
         n, dim = embeddings.shape
         index = self.make(dim, n)
         if not index.is_trained:

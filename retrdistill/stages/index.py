@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import registry
-from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
+from retrdistill.artefacts import atomic_path, write_json_atomic
 from retrdistill.data.beir import open_collection
 from retrdistill.models import model_fingerprint
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
@@ -86,7 +86,7 @@ def _portable(ref: str, out_dir: Path) -> str:
     return os.path.relpath(path.resolve(), out_dir.resolve())
 
 
-__all__ = ["IndexConfig", "run_index", "fingerprint_obj"]
+__all__ = ["IndexConfig", "prepare_index", "run_index"]
 
 
 STAGE = StageSpec(

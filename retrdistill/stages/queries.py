@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retrdistill import registry
-from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import Collection, open_collection
-from retrdistill.data.pseudo_queries import TrainingQueries, check_no_eval_leak
+from retrdistill.data.pseudo_queries import check_no_eval_leak
 from retrdistill.kinds import write_queries
 from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input
 
@@ -66,7 +64,7 @@ def _eval_queries(collection: Collection, split: str) -> dict[str, str]:
     return {q: collection.queries[q] for q in qrels if q in collection.queries}
 
 
-__all__ = ["QueriesConfig", "prepare_queries", "run_queries", "fingerprint_obj"]
+__all__ = ["QueriesConfig", "prepare_queries", "run_queries"]
 
 
 STAGE = StageSpec(

@@ -18,7 +18,9 @@ from retrdistill.stages.index import IndexConfig
 from retrdistill.stages.mine import MineConfig
 from retrdistill.stages.queries import QueriesConfig
 from retrdistill.stages.score import ScoreConfig
+from retrdistill.stages.select import SelectConfig
 from retrdistill.stages.train import TrainConfig
+from retrdistill.stages.translate import TranslateCollectionConfig, TranslateConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil strong, slow retrieval models into fast ones: queries → mine → score → train → index → eval.")
@@ -98,6 +100,69 @@ def score(
 
     _setup(quiet)
     _report(_run(run_score, cfg, collection, candidates, out, cache_dir=cache_dir, force=force))
+
+
+@app.command()
+def merge(
+    shards: Annotated[list[Path], typer.Argument(help="The folders of shards 0..N-1 of one step run with --shard I/N.")],
+    out: Out,
+    cache_dir: Cache = DEFAULT_CACHE,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Combine the shards of a step run with --shard I/N (score) into the artefact the unsharded step writes."""
+    from retrdistill.stages.merge import run_merge
+
+    _setup(quiet)
+    _report(_run(run_merge, shards, out, cache_dir=cache_dir, force=force))
+
+
+@config_command(app, SelectConfig, name="select")
+def select(
+    cfg: SelectConfig,
+    scores: Annotated[Path, typer.Option(help="Output of `retrdistill score` (every mined candidate scored).")],
+    out: Out,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Filter (false negatives, rank windows, margins) and sample the scored candidates into training groups."""
+    from retrdistill.stages.select import run_select
+
+    _setup(quiet)
+    _report(_run(run_select, cfg, scores, out, force=force))
+
+
+@config_command(app, TranslateConfig, name="translate")
+def translate(
+    cfg: TranslateConfig,
+    collection: Collection,
+    scores: Annotated[Path, typer.Option(help="Output of `retrdistill score` (the teacher's English pairs).")],
+    out: Out,
+    cache_dir: Cache = DEFAULT_CACHE,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Translate the scored groups' queries (and/or passages) for the student; teacher scores unchanged, cached."""
+    from retrdistill.stages.translate import run_translate
+
+    _setup(quiet)
+    _report(_run(run_translate, cfg, collection, scores, out, cache_dir=cache_dir, force=force))
+
+
+@config_command(app, TranslateCollectionConfig, name="translate-collection")
+def translate_collection(
+    cfg: TranslateCollectionConfig,
+    collection: Collection,
+    out: Out,
+    cache_dir: Cache = DEFAULT_CACHE,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """A cross-language test collection: the collection's queries translated, its corpus and qrels unchanged."""
+    from retrdistill.stages.translate import run_translate_collection
+
+    _setup(quiet)
+    _report(_run(run_translate_collection, cfg, collection, out, cache_dir=cache_dir, force=force))
 
 
 @config_command(app, TrainConfig)
@@ -218,20 +283,21 @@ def run(
 
     _setup(quiet)
     spec = _run(load_pipeline, pipeline, base_dir=base_dir)
+    width = max(20, *(len(step_id) for step_id in spec.steps))
     if plan:
         typer.echo(f"pipeline {spec.name} ({len(spec.steps)} steps, artefacts in {spec.workdir}):")
         for p in _run(plan_pipeline, spec, force=set(force or []), only=set(only or [])):
             after = f" <- {', '.join('@' + u for u in p.upstream)}" if p.upstream else ""
-            typer.echo(f"  {p.id:<20} {p.stage:<8} {p.state:<13} {p.why}{after}")
+            typer.echo(f"  {p.id:<{width}} {p.stage:<9} {p.state:<13} {p.why}{after}")
         return
     results = _run(run_pipeline, spec, force=set(force or []), only=set(only or []))
     typer.echo(f"\npipeline {spec.name}:")
-    typer.echo(f"  {'step':<20} {'stage':<8} {'state':<8} {'seconds':>9} {'peak RSS MB':>12} {'peak anon MB':>13}")
+    typer.echo(f"  {'step':<{width}} {'stage':<9} {'state':<8} {'seconds':>9} {'peak RSS MB':>12} {'peak anon MB':>13}")
     for r in results:
         mem = r.memory
         state = "skipped" if r.skipped else "ran"
         seconds = "-" if r.skipped else f"{r.seconds:.1f}"
-        typer.echo(f"  {r.id:<20} {r.stage:<8} {state:<8} {seconds:>9} {_mb(mem.get('peak_rss_mb')):>12} "
+        typer.echo(f"  {r.id:<{width}} {r.stage:<9} {state:<8} {seconds:>9} {_mb(mem.get('peak_rss_mb')):>12} "
                    f"{_mb(mem.get('peak_anon_mb')):>13}")
     for r in results:
         if r.stage == "eval":
@@ -258,6 +324,57 @@ def leaderboard(
     lb.write_markdown(board, folder / "leaderboard.md")
     lb.write_html(board, folder / "leaderboard.html")
     typer.echo((folder / "leaderboard.md").read_text(encoding="utf-8"))
+
+
+@app.command("mining-report")
+def mining_report_(
+    artefacts: Annotated[list[str], typer.Argument(help="NAME=FOLDER of candidates, scores or select artefacts.")],
+    out: Annotated[Optional[Path], typer.Option(help="Also write the report as JSON here.")] = None,
+) -> None:
+    """Negatives side by side: per artefact its counts and filter drops, and the overlap of their negatives."""
+    from retrdistill.artefacts import atomic_path
+    from retrdistill.evaluation.mining import mining_report
+
+    folders = {}
+    for spec in artefacts:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise typer.BadParameter(f"{spec!r}: expected NAME=FOLDER")
+        folders[name] = Path(folder)
+    report = _run(mining_report, folders)
+    names = list(folders)
+    typer.echo(f"{'artefact':<24} {'queries':>8} {'neg/query':>9}  flagged")
+    for name, a in report["artefacts"].items():
+        flagged = ", ".join(f"{k} {v}" for k, v in (a.get("flagged") or {}).items()) or "-"
+        typer.echo(f"{name:<24} {a['queries']:>8} {a['negatives_per_query']:>9}  {flagged}")
+    typer.echo("\noverlap of negatives (mean Jaccard per shared query):")
+    typer.echo(" " * 24 + "".join(f"{n[:12]:>13}" for n in names))
+    for a in names:
+        cells = "".join(f"{'-' if v is None else f'{v:.3f}':>13}" for v in report["overlap_jaccard"][a].values())
+        typer.echo(f"{a:<24}{cells}")
+    if out is not None:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+@app.command("serve-llm")
+def serve_llm(
+    model: Annotated[str, typer.Argument(help="A hub name, a model folder or offline:NAME (a local causal LM).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    name: Annotated[Optional[str], typer.Option(help="The model name clients ask for (default: MODEL).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together at most.")] = 8,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when available).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model (default: torch's).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Serve a local LLM over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from retrdistill.llm.server import serve
+
+    _setup(quiet)
+    options = {"batch_size": batch_size, "dtype": dtype, "device": device}
+    _run(serve, model, host=host, port=port, name=name, options=options, threads=threads)
 
 
 @app.command("list")

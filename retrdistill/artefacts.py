@@ -16,7 +16,9 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,21 +48,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def host_tag() -> str:
+    """This machine's name as it appears in temporary names: letters, digits, '_' and '-' only (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "localhost"
+
+
+def _temp_owner() -> str:
+    """What a temporary's name says about who made it: ``@HOST.PID`` (a random token follows it)."""
+    return f"@{host_tag()}.{os.getpid()}"
+
+
+# .NAME.@HOST.PID-TOKEN.tmp and .NAME.old-@HOST.PID-TOKEN; before hosts were recorded: .NAME.PID-XXXX.tmp, .NAME.old-PID
+_TEMP = re.compile(r"@(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)-[^/]*\.tmp|old-@(?P<ohost>[A-Za-z0-9_-]+)\.(?P<opid>\d+)-[^/]*"
+                   r"|(?P<lpid>\d+)-[^/]*\.tmp|old-(?P<lopid>\d+)")
+
+
 def remove_stale_temps(path: str | Path) -> int:
     """Remove ``path``'s temporary siblings left by a killed process; returns how many were removed.
 
-    Temporaries are named ``.NAME.PID-XXXX.tmp`` (and ``.NAME.old-PID`` while a folder is swapped), so one whose
-    process no longer runs is known to be abandoned; those of live processes (a concurrent run) are left alone.
+    Temporaries are named ``.NAME.@HOST.PID-TOKEN.tmp`` (and ``.NAME.old-@HOST.PID-TOKEN`` while a folder is
+    swapped). One made on this host whose process no longer runs is known to be abandoned; those of live
+    processes (a concurrent run) and every one made on another host (whose processes cannot be seen from here,
+    e.g. on a shared filesystem) are left alone. Names from before hosts were recorded (``.NAME.PID-XXXX.tmp``)
+    are judged as this host's.
     """
     path = Path(path)
     prefix = f".{path.name}."
+    here = host_tag()
     removed = 0
     for entry in path.parent.glob(glob.escape(prefix) + "*"):
-        m = re.fullmatch(r"(\d+)-[^/]*\.tmp|old-(\d+)", entry.name[len(prefix):])
+        m = _TEMP.fullmatch(entry.name[len(prefix):])
         if not m:
             continue
-        pid = int(m.group(1) or m.group(2))
-        if pid == os.getpid() or _pid_alive(pid):
+        host = m.group("host") or m.group("ohost") or here
+        pid = int(m.group("pid") or m.group("opid") or m.group("lpid") or m.group("lopid"))
+        if host != here or pid == os.getpid() or _pid_alive(pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -77,7 +99,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{_temp_owner()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -113,11 +135,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_temp_owner()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+            trash = path.with_name(f".{path.name}.old-{_temp_owner()}-{secrets.token_hex(4)}")
             os.replace(path, trash)
             os.replace(tmp, path)
             shutil.rmtree(trash, ignore_errors=True)

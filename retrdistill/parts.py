@@ -102,6 +102,10 @@ class QuerySource(Part):
         """Files outside the collection that the queries come from (fingerprinted as inputs)."""
         return []
 
+    def counts(self) -> dict[str, int]:
+        """What the last :meth:`generate` kept and dropped (recorded in the manifest); none by default."""
+        return {}
+
 
 class Miner(Part):
     """Ranks the corpus for each training query (feeds artefact kind ``candidates``)."""
@@ -111,6 +115,15 @@ class Miner(Part):
     @abstractmethod
     def search(self, queries: dict[str, str], depth: int) -> Hits:
         """The top ``depth`` passages per query, best first."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of the work done so far (e.g. pairs a re-ranking teacher scored), recorded in the manifest."""
+        return {}
+
+    def generated_passages(self) -> dict[str, str]:
+        """Passages this miner wrote rather than found (id -> text, ids unlike any corpus id) for the hits of
+        its searches so far; the mine stage stores them as ``retrdistill.kinds.EXTRA_PASSAGES``. None here."""
+        return {}
 
 
 class Teacher(Part):
@@ -126,9 +139,23 @@ class Teacher(Part):
     def retrieve(self, queries: dict[str, str], k: int, **kwargs: Any) -> Run:
         """The teacher as a retriever (bi-encoders search, cross-encoders re-rank a first stage)."""
 
+    def members(self) -> list["Teacher"]:
+        """The teachers whose scores this one combines per query (an ensemble). Whoever scores through the score
+        cache (:class:`retrdistill.teachers.cache.CachedScorer`) then caches each member under its own
+        fingerprint and calls :meth:`combine` on whole groups. None for a teacher that scores pairs itself."""
+        return []
+
+    def combine(self, member_scores: list[dict[str, np.ndarray]], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        """This teacher's scores of ``groups`` from its members' (one dict per member, in :meth:`members` order)."""
+        raise NotImplementedError(f"{type(self).__name__} combines no members")
+
 
 class Loss(Part):
     """A score-distillation loss: the label it needs from the teacher's scores, and the torch loss module."""
+
+    # the students whose objective builds it: "embedding" (bi-encoder and SPLADE students: the loss compares
+    # embedding similarities) or "cross-encoder" (a CrossEncoder's pair logits); a student refuses the other family
+    student_family: ClassVar[str] = "embedding"
 
     def fingerprint(self) -> dict[str, Any]:
         return {"loss": type(self).__name__, "options": self.output_options()}
@@ -157,6 +184,10 @@ class Student(Part):
     def load(self) -> Any:
         """The untrained student model, as declared (a sentence-transformers model: ``SentenceTransformer``,
         ``SparseEncoder``, ...)."""
+
+    # False when the objective has batch-level terms (a FLOPS regulariser over the batch's activations): then a
+    # batch cannot be split into smaller forward passes with accumulated gradients (``micro_batch_size``)
+    batch_separable: ClassVar[bool] = True
 
     def check_config(self, cfg: Any) -> None:
         """Refuse, before anything runs, train-stage settings (``cfg``: the ``TrainConfig``) this student cannot
@@ -237,8 +268,10 @@ class Indexer(Part):
         check_model_family(model_ref, self.model_type, f"indexer {name!r}", suggest[:1])
 
     @abstractmethod
-    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None) -> Any:
-        """The model this indexer encodes with, loaded from ``model_ref`` (a path, hub name or offline:NAME)."""
+    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None,
+                   backend: str = "torch") -> Any:
+        """The model this indexer encodes with, loaded from ``model_ref`` (a path, hub name or offline:NAME), on
+        ``backend`` (:mod:`retrdistill.encoding.backends`; an indexer that has only torch refuses the others)."""
 
     @abstractmethod
     def index_corpus(self, model: Any, corpus: Any, folder: Path, *, model_ref: str, cache_dir: Path,
@@ -330,6 +363,86 @@ class ValidationMetric(Part):
         """The mean over the held-out queries of each of :meth:`names`."""
 
 
+@dataclass
+class FilterView:
+    """One scored query group as a candidate filter sees it (arrays over the group's NEGATIVES, in mined order).
+
+    ``positive_scores``: the teacher's scores of the known positives; ``scores``: of each negative;
+    ``ranks``: each negative's 1-based rank in the miner's list (known positives removed);
+    ``miner_scores``: the miner's score of each negative (NaN where the candidates did not record it).
+    """
+
+    qid: str
+    positive_scores: np.ndarray
+    scores: np.ndarray
+    ranks: np.ndarray
+    miner_scores: np.ndarray
+
+
+class CandidateFilter(Part):
+    """Flags the negatives of a scored group that should not be trained on as negatives (likely false negatives,
+    out of the rank window, too easy), or flags a whole query (its positive is doubtful).
+
+    The ``select`` stage decides what a flag does (drop the candidate, or relabel it as an extra positive) and
+    counts each filter's flags, so a filter only answers. Filters that need the whole data set (a percentile of
+    every positive's score) learn it in :meth:`fit`, called once with all positives' scores before any group.
+    """
+
+    # "candidate": :meth:`flag` returns a mask over the negatives; "query": a one-element mask (True: drop the query)
+    level: ClassVar[str] = "candidate"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"filter": type(self).__name__, "options": self.output_options()}
+
+    def fit(self, positive_scores: np.ndarray) -> None:
+        """See every positive's teacher score (all queries) before filtering; most filters need nothing."""
+
+    @abstractmethod
+    def flag(self, view: FilterView) -> np.ndarray:
+        """A boolean mask: over ``view.scores`` (True: this negative is flagged) or, for ``level == "query"``, of
+        length one (True: drop the query)."""
+
+
+class LLMClient(Part):
+    """A text generator (kind ``llm``): chat prompts in, one completion each out, in order.
+
+    A prompt is a list of ``{"role", "content"}`` messages (``system``, ``user``, ``assistant``); a client whose
+    model has no chat template joins them as plain text. ``params`` is a
+    :class:`retrdistill.llm.client.GenerationParams` (length, sampling, seed, stop strings). The fingerprint says
+    which model answers (weights by content hash, or endpoint + served model name), so generations are cached
+    on it (:mod:`retrdistill.llm.cache`).
+    """
+
+    @abstractmethod
+    def generate(self, prompts: list[list[dict[str, str]]], params: Any) -> list[str]:
+        """One completion per prompt, in order."""
+
+    def batch_size(self) -> int:
+        """How many prompts one :meth:`generate` call should get (what is lost at most when a run is killed)."""
+        return 8
+
+    def input_files(self) -> list[Path]:
+        """Local files the completions come from (a model folder), for steps that fingerprint their inputs."""
+        return []
+
+
+class Translator(Part):
+    """Translates texts from one language into another (the ``translate`` stage, the ``translated`` eval system).
+
+    :meth:`language_pair` is ``(source, target)``; the fingerprint includes it and the model by content, so a
+    translation cache keyed on it never mixes directions or models. :meth:`translate` returns one text per input,
+    in order; an empty or blank input comes back unchanged.
+    """
+
+    @abstractmethod
+    def language_pair(self) -> tuple[str, str]:
+        """``(source language, target language)``, e.g. ``("en", "pt")``."""
+
+    @abstractmethod
+    def translate(self, texts: list[str]) -> list[str]:
+        """The translation of every text, in order."""
+
+
 KIND_BASES: dict[str, type[Part]] = {
     "query_generator": QuerySource,
     "miner": Miner,
@@ -339,4 +452,7 @@ KIND_BASES: dict[str, type[Part]] = {
     "indexer": Indexer,
     "system": EvalSystem,
     "validation_metric": ValidationMetric,
+    "translator": Translator,
+    "filter": CandidateFilter,
+    "llm": LLMClient,
 }

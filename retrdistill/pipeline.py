@@ -114,12 +114,19 @@ def _mapping(node: yaml.Node, path: Path, what: str) -> dict[str, tuple[yaml.Nod
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{what}: expected a mapping", path, _line(node))
     out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` (or a list of them): keys given here win
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                for key, pair in _mapping(source, path, f"{what} (merged from <<)").items():
+                    merged.setdefault(key, pair)
+            continue
         key = key_node.value
         if key in out:
             raise ConfigError(f"{what}: key {key!r} given twice", path, _line(key_node))
         out[key] = (key_node, value_node)
-    return out
+    return {**{k: v for k, v in merged.items() if k not in out}, **out}
 
 
 def _value(node: yaml.Node, path: Path) -> Any:
@@ -229,10 +236,10 @@ def load_pipeline(path: str | Path, *, base_dir: str | Path | None = None) -> Pi
         raise ConfigError("steps: expected a non-empty list of steps", path, _line(steps_node))
     steps: dict[str, Step] = {}
     for node in steps_node.value:
-        step = _load_step(node, path, base, pipeline)
-        if step.id in steps:
-            raise ConfigError(f"step id {step.id!r} is used twice (first on line {steps[step.id].line})", path, step.line)
-        steps[step.id] = step
+        for step in _sharded(_load_step(node, path, base, pipeline), node, path):
+            if step.id in steps:
+                raise ConfigError(f"step id {step.id!r} is used twice (first on line {steps[step.id].line})", path, step.line)
+            steps[step.id] = step
     _check_references(steps, path)
     pipeline.steps = {sid: steps[sid] for sid in _dependency_order(steps, path)}
     _default_teacher_systems(pipeline)
@@ -262,7 +269,7 @@ def _load_step(node: yaml.Node, path: Path, base: Path, pipeline: Pipeline) -> S
     lines: dict[str, int | None] = {}
     config_fields = {f.name for f in dataclasses.fields(stage.config)}
     for key, (key_node, value_node) in items.items():
-        if key in STEP_KEYS:
+        if key in STEP_KEYS or key == "shards":  # shards: N is read by _sharded
             continue
         if key in stage.inputs and stage.inputs[key].many:
             inputs[key] = _many_refs(value_node, key, stage.inputs[key], what, path, refs)
@@ -301,6 +308,33 @@ def _load_step(node: yaml.Node, path: Path, base: Path, pipeline: Pipeline) -> S
             path, line)
     config = build_config(stage.config, values, what=what, path=path, lines=lines, line=line)
     return Step(step_id, stage, config, inputs, collection, line, refs)
+
+
+def _sharded(step: Step, node: yaml.Node, path: Path) -> list[Step]:
+    """``[step]``, or with ``shards: N`` the N shard steps (ids ``ID-shard-I-of-N``, config ``shard: I/N``) and a
+    merge step under the step's own id, so ``@ID`` names the merged artefact (:mod:`retrdistill.stages.merge`)."""
+    items = _mapping(node, path, "step")
+    if "shards" not in items:
+        return [step]
+    from retrdistill.stages.merge import MergeConfig, merge_spec
+
+    count, line = _value(items["shards"][1], path), _line(items["shards"][1])
+    what = f"step {step.id!r} ({step.stage.name})"
+    if "shard" not in {f.name for f in dataclasses.fields(step.stage.config)}:
+        shardable = [n for n in registry.names("stage")
+                     if "shard" in {f.name for f in dataclasses.fields(registry.entry("stage", n).load().config)}]
+        raise ConfigError(f"{what}: this stage cannot be sharded; stages that can: {', '.join(shardable)}", path, line)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ConfigError(f"{what}: shards must be a positive whole number, got {count!r}", path, line)
+    if step.config.shard:
+        raise ConfigError(f"{what}: give shards: N (all shards and their merge) or shard: I/N (one shard), not both",
+                          path, line)
+    parts = [Step(f"{step.id}-shard-{i}-of-{count}", step.stage, dataclasses.replace(step.config, shard=f"{i}/{count}"),
+                  dict(step.inputs), step.collection, step.line, list(step.refs)) for i in range(count)]
+    refs = [Reference(p.id, None, ("shards", str(i)), line, (step.stage.output,)) for i, p in enumerate(parts)]
+    merge = Step(step.id, merge_spec(step.stage.output), MergeConfig(), {"shards": [f"@{p.id}" for p in parts]},
+                 step.collection, step.line, refs)
+    return [*parts, merge]
 
 
 def _many_refs(node: yaml.Node, key: str, spec, what: str, path: Path, refs: list[Reference]) -> list[str]:
@@ -381,7 +415,8 @@ def _dependency_order(steps: dict[str, Step], path: Path) -> list[str]:
 
 def _default_teacher_systems(pipeline: Pipeline) -> None:
     """An eval system ``{type: teacher}`` without options takes the teacher of the pipeline's one score step."""
-    scorers = [s for s in pipeline.steps.values() if s.stage.name == "score"]
+    scorers = [s for s in pipeline.steps.values()  # a sharded score step counts once (its shard 0)
+               if s.stage.name == "score" and str(getattr(s.config, "shard", "")).partition("/")[0] in ("", "0")]
     for step in pipeline.steps.values():
         if step.stage.name != "eval":
             continue

@@ -6,11 +6,14 @@
 
 Dense (FAISS) and sparse (inverted) index folders load the same way: the indexer named in ``index.json`` loads
 its model (a ``SentenceTransformer`` or a ``SparseEncoder``), encodes the queries and searches its index.
+``Retriever.load(folder, backend="onnx")`` encodes the queries on a CPU fast path of
+:mod:`retrdistill.encoding.backends` (by default: the backend the index was built with).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,8 @@ import numpy as np
 
 from retrdistill.artefacts import read_manifest
 from retrdistill.errors import ManifestError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,9 +48,10 @@ class Retriever:
         self.indexer = indexer if indexer is not None else FlatIndexer()
 
     @classmethod
-    def load(cls, folder: str | Path, *, device: str | None = None) -> "Retriever":
+    def load(cls, folder: str | Path, *, device: str | None = None, backend: str | None = None) -> "Retriever":
         """The index in ``folder`` loaded through the registered indexer named in its ``index.json`` (with the
-        options it was built with), and its encoder on ``device`` (None: the default device)."""
+        options it was built with), and its encoder on ``device`` (None: the default device) and ``backend``
+        (None: the one the index was built with, where it runs here; see :func:`query_backend`)."""
         from retrdistill import registry
 
         folder = Path(folder)
@@ -57,8 +63,15 @@ class Retriever:
         index = indexer.load(folder)
         doc_ids = (folder / "docids.txt").read_text(encoding="utf-8").splitlines()
         model = indexer.load_model(resolve_reference(info["model"], folder), max_seq_length=info.get("max_seq_length"),
-                                   device=device)
+                                   device=device, backend=query_backend(info, device, backend))
         return cls(folder, index, doc_ids, model, info, indexer=indexer)
+
+    @property
+    def backend(self) -> str:
+        """The backend the queries are encoded on."""
+        from retrdistill.encoding.backends import backend_of
+
+        return backend_of(self.model)
 
     @property
     def corpus(self):
@@ -92,6 +105,33 @@ class Retriever:
 
     def search(self, query: str, k: int = 10, *, with_text: bool = True) -> list[Hit]:
         return self.batch_search([query], k, with_text=with_text)[0]
+
+    def rerank_with(self, model, depth: int = 100, *, batch_size: int = 32, max_length: int | None = None):
+        """This retriever with its top ``depth`` hits re-ranked by a cross-encoder (a reference such as a trained
+        student's ``model/`` folder, or a loaded ``CrossEncoder``): a
+        :class:`retrdistill.rerank.RerankingRetriever` with the same ``search`` / ``batch_search``."""
+        from retrdistill.rerank import RerankingRetriever
+
+        return RerankingRetriever(self, model, depth=depth, batch_size=batch_size, max_length=max_length)
+
+
+def query_backend(info: dict, device: str | None, backend: str | None) -> str:
+    """The backend to encode queries on: ``backend`` when given (checked), else the index's own (``index.json``)
+    where it runs here (a CPU fast path on the CPU, its runtime installed), else torch, with a warning when the
+    index's backend changes embeddings (its passages and the queries then differ by that backend's rounding)."""
+    from retrdistill.encoding.backends import LOSSLESS, available_backends, check_backend
+
+    if backend is not None:
+        check_backend(backend, device)
+        return backend
+    built = str(info.get("backend") or "torch")
+    on_cpu = device is None or str(device).startswith("cpu")
+    if built == "torch" or (on_cpu and available_backends().get(built)):
+        return built
+    if built not in LOSSLESS:
+        log.warning("index built with backend %r, which %s: queries are encoded with torch", built,
+                    "is a CPU fast path" if not on_cpu else "is not installed here")
+    return "torch"
 
 
 def resolve_reference(ref: str, folder: Path) -> str:

@@ -5,6 +5,8 @@ Each system returns a run for the evaluation queries and the cost measured on th
 passages), ``index_bytes`` and ``parameters``. Inverted indexes (sparse models, BM25) also report
 ``query_terms`` and ``doc_terms`` (mean non-zero terms per query and per passage) and ``flops_per_query`` (the
 postings a query touches: the sum over its terms of their posting-list lengths, the SPLADE papers' measure).
+Systems that encode (``dense``, ``index``, ``teacher``) take a ``backend`` (:mod:`retrdistill.encoding.backends`)
+and report it beside their cost; it keys their output only where it changes the embeddings or scores.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class SystemOutput:
     cost: dict[str, float | int | None] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] | None = None  # a trained student's recorded validation curve (the row carries it)
+    negatives: dict[str, Any] | None = None  # what a trained student's negatives were (evaluation.mining)
 
 
 def models_by_content(options: Any) -> Any:
@@ -54,7 +57,9 @@ class OptionsSystem(EvalSystem):
 
 
 def _parameters(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+    from retrdistill.encoding.backends import parameter_count
+
+    return parameter_count(model)
 
 
 def _encode_rate(indexer, model, info: dict[str, Any], corpus: Corpus) -> float:
@@ -114,16 +119,34 @@ class BM25System(OptionsSystem):
         return SystemOutput({q: dict(h) for q, h in hits.items()}, cost)
 
 
+def _check_backend_option(backend: str) -> None:
+    from retrdistill.encoding.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
 class DenseSystem(OptionsSystem):
-    """Any SentenceTransformer model, corpus embeddings cached, exact FAISS search."""
+    """Any SentenceTransformer model, corpus embeddings cached, exact FAISS search, on a chosen backend."""
 
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
         batch_size: int = 64
         max_seq_length: int | None = None
+        backend: str = "torch"
+
+        def __post_init__(self) -> None:
+            _check_backend_option(self.backend)
 
     output_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
+    example_variants: ClassVar[dict[str, Any]] = {"backend": "onnx-int8"}
+
+    def output_options(self) -> dict[str, Any]:
+        """The backend counts only where it changes the embeddings (int8, bf16), not for the fp32 ones."""
+        from retrdistill.encoding.backends import keyed_options
+
+        return keyed_options(super().output_options())
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
@@ -132,13 +155,17 @@ class DenseSystem(OptionsSystem):
 
         indexer = FlatIndexer()
         indexer.check_model(self.options.model)
-        model = indexer.load_model(self.options.model, max_seq_length=self.options.max_seq_length)
+        model = indexer.load_model(self.options.model, max_seq_length=self.options.max_seq_length,
+                                   backend=self.options.backend)
         run, cost = _encode_and_search(indexer, model, self.options.model, self.options.max_seq_length, corpus,
                                        queries, k, cache_dir, measure_cost)
+        cost["backend"] = self.options.backend
         from retrdistill.validation.curve import student_validation
 
+        from retrdistill.evaluation.mining import student_negatives
+
         return SystemOutput(run, cost, {"model": model_fingerprint(self.options.model)[:16]},
-                            student_validation(self.options.model))
+                            student_validation(self.options.model), student_negatives(self.options.model))
 
 
 class SparseSystem(OptionsSystem):
@@ -165,33 +192,42 @@ class SparseSystem(OptionsSystem):
 
 
 class IndexSystem(EvalSystem):
-    """A saved retrdistill index folder (e.g. the pipeline's distilled student)."""
+    """A saved retrdistill index folder (e.g. the pipeline's distilled student); its queries (and, on another
+    corpus, its passages) encoded on ``backend`` (None: the backend the index was built with)."""
 
     @dataclass
     class Options:
         path: str = ""
+        backend: str | None = None
 
         def __post_init__(self) -> None:
             if not self.path:
                 raise ValueError("'path' (an index folder) is required")
+            if self.backend is not None:
+                _check_backend_option(self.backend)
 
     example_options: ClassVar[dict[str, Any]] = {"path": "{small_index}"}
-    example_variants: ClassVar[dict[str, Any]] = {"path": "{small_hnsw_index}"}
+    example_variants: ClassVar[dict[str, Any]] = {"path": "{small_hnsw_index}", "backend": "onnx-int8"}
 
     def input_fingerprint(self) -> str:
-        """The fingerprint of the index folder's manifest (its config, inputs and files)."""
-        from retrdistill.artefacts import read_manifest
+        """The fingerprint of the index folder's manifest (its config, inputs and files), and of the backend
+        where one is chosen that changes the query embeddings."""
+        from retrdistill.artefacts import fingerprint_obj, read_manifest
+        from retrdistill.encoding.backends import output_key
 
         manifest = read_manifest(self.options.path)
         if manifest is None or manifest.kind != "index":
             raise ConfigError(f"eval system 'index': {self.options.path!r} is not a finished index")
-        return manifest.fingerprint
+        changes = output_key(self.options.backend) if self.options.backend is not None else None
+        if changes is None:
+            return manifest.fingerprint
+        return fingerprint_obj({"index": manifest.fingerprint, "backend": changes})
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill.retriever import Retriever
 
-        retriever = Retriever.load(self.options.path)
+        retriever = Retriever.load(self.options.path, backend=self.options.backend)
         info = retriever.info
         provenance = {"index": self.input_fingerprint()[:16]}
         if info.get("corpus_fingerprint") not in (None, corpus.fingerprint):
@@ -200,10 +236,10 @@ class IndexSystem(EvalSystem):
             return self._other_corpus(retriever, corpus, queries, k, cache_dir, measure_cost, provenance)
         run, cost = _search_run(retriever.indexer, retriever.model, retriever.index, info, corpus, queries, k)
         cost.update({"index_bytes": retriever.indexer.index_bytes(retriever.folder),
-                     "parameters": _parameters(retriever.model)})
+                     "parameters": _parameters(retriever.model), "backend": retriever.backend})
         if measure_cost:
             cost["encode_passages_per_s"] = _encode_rate(retriever.indexer, retriever.model, info, corpus)
-        return SystemOutput(run, cost, provenance, _index_validation(retriever))
+        return SystemOutput(run, cost, provenance, _index_validation(retriever), _index_negatives(retriever))
 
     def _other_corpus(self, retriever, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path,
                       measure_cost: bool, provenance: dict[str, str]) -> SystemOutput:
@@ -216,8 +252,18 @@ class IndexSystem(EvalSystem):
                                          self.options.path, model_path)
         run, cost = _encode_and_search(retriever.indexer, retriever.model, model_path,
                                        retriever.info.get("max_seq_length"), corpus, queries, k, cache_dir, measure_cost)
+        cost["backend"] = retriever.backend
         exact = "flat" if retriever.indexer.model_type == "dense" else "inverted"
-        return SystemOutput(run, cost, {**provenance, "encoded_here": exact}, _index_validation(retriever))
+        return SystemOutput(run, cost, {**provenance, "encoded_here": exact}, _index_validation(retriever),
+                            _index_negatives(retriever))
+
+
+def _index_negatives(retriever) -> dict[str, Any] | None:
+    """What the negatives of the student an index was built from were, when it is a student artefact's model."""
+    from retrdistill.evaluation.mining import student_negatives
+    from retrdistill.retriever import resolve_reference
+
+    return student_negatives(resolve_reference(str(retriever.info.get("model", "")), retriever.folder))
 
 
 def _index_validation(retriever) -> dict[str, Any] | None:
@@ -253,7 +299,10 @@ class TeacherSystem(OptionsSystem):
         cost: dict[str, Any] = {"ms_per_query": ms}
         model = getattr(teacher, "model", None)
         if model is not None and hasattr(model, "parameters"):
+            from retrdistill.encoding.backends import backend_of
+
             cost["parameters"] = _parameters(model)
+            cost["backend"] = backend_of(model)
         return SystemOutput(run, cost, {"teacher": fingerprint_obj(teacher.fingerprint())[:16]})
 
 
@@ -364,6 +413,9 @@ def _fused_cost(outputs: list[SystemOutput], fuse_ms: float) -> dict[str, Any]:
             cost[name] = sum(values)
     if all(out.cost.get("flops_per_query") is not None for out in outputs):  # every part an inverted index
         cost["flops_per_query"] = sum(out.cost["flops_per_query"] for out in outputs)
+    backends = sorted({out.cost["backend"] for out in outputs if out.cost.get("backend")})
+    if backends:
+        cost["backend"] = "+".join(backends)
     encoders = [r for r in (out.cost.get("encode_passages_per_s") for out in outputs) if r]
     if encoders:
         cost["encode_passages_per_s"] = 1.0 / sum(1.0 / r for r in encoders)

@@ -23,7 +23,9 @@ from retrdistill.stages.index import IndexConfig
 from retrdistill.stages.mine import MineConfig
 from retrdistill.stages.queries import QueriesConfig
 from retrdistill.stages.score import ScoreConfig
+from retrdistill.stages.select import SelectConfig
 from retrdistill.stages.train import TrainConfig
+from retrdistill.stages.translate import TranslateConfig
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "400", "TERMINAL_WIDTH": "400"}
@@ -36,6 +38,8 @@ COMMANDS = {
     "train": (TrainConfig, ["--collection", "c", "--scores", "s", "--out", "o"]),
     "index": (IndexConfig, ["--collection", "c", "--model", "m", "--out", "o"]),
     "eval": (EvalConfig, ["--collection", "c", "--out", "o"]),
+    "select": (SelectConfig, ["--scores", "s", "--out", "o"]),
+    "translate": (TranslateConfig, ["--collection", "c", "--scores", "s", "--out", "o"]),
 }
 STAGE_FIELDS = [(cmd, f.name) for cmd, (cls, _) in COMMANDS.items() for f in dataclasses.fields(cls)]
 
@@ -49,6 +53,12 @@ VALUES: dict[tuple[str, str], Any] = {
     ("train", "embedding_options"): {"distance": "cosine"},
     ("train", "validation"): {"fraction": 0.2, "metric": "teacher-ndcg@10", "every": 5},
     ("train", "teacher_scale"): {"mode": "factor", "factor": 20.0},
+    ("score", "shard"): "1/4",
+    ("index", "backend"): "onnx-int8",
+    ("train", "micro_batch_size"): 8,  # must divide batch_size (32)
+    ("select", "sampling"): "spread",
+    ("select", "order"): "teacher",
+    ("translate", "side"): "both",
 }
 
 
@@ -63,6 +73,9 @@ def _cli_value(command: str, f: dataclasses.Field, hint: Any) -> tuple[list[str]
         return (["--system", "BM25=bm25", "--system", 'base=dense:{"model": "offline:all-MiniLM-L6-v2"}'],
                 [{"name": "BM25", "type": "bm25", "options": {}},
                  {"name": "base", "type": "dense", "options": {"model": "offline:all-MiniLM-L6-v2"}}])
+    if (command, f.name) == ("select", "filters"):  # a list of mappings: one option, read as YAML
+        return (["--filters", "[{filter: margin, options: {margin: 0.1}}, {filter: positive-rank}]"],
+                [{"filter": "margin", "options": {"margin": 0.1}}, {"filter": "positive-rank"}])
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     kind = REGISTRY_FIELDS.get(f.name, f.name)
     args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -205,10 +205,14 @@ def test_indexer_loads_what_it_saved(name, request, context, small_collection, t
 
 @pytest.mark.parametrize("name", registry.names("student"))
 def test_student_loads_a_model(name, request):
-    from sentence_transformers import SentenceTransformer, SparseEncoder
+    from sentence_transformers import CrossEncoder, SentenceTransformer, SparseEncoder
 
     model = registry.build("student", name, _example_options("student", name, request)).load()
-    assert isinstance(model, (SentenceTransformer, SparseEncoder))
+    assert isinstance(model, (SentenceTransformer, SparseEncoder, CrossEncoder))
+    if isinstance(model, CrossEncoder):  # a re-ranker: one score per (query, passage) pair
+        scores = model.predict([("what is a synapse", "a synapse joins two neurons"), ("what is a synapse", "rain")])
+        assert scores.shape == (2,) and np.isfinite(scores).all() and scores[0] != scores[1]
+        return
     assert model.encode(["what is a synapse"]).shape == (1, model.get_embedding_dimension())
 
 

@@ -117,3 +117,17 @@ def test_a_step_records_its_wall_time_and_peak_memory(tmp_path):
     assert memory["peak_rss_mb"] - memory["start_rss_mb"] >= 250
     small = Work("queries", "queries", tmp_path / "small", {"a": 1}, {}, lambda t: (t / "y").write_text("1") and {}).run()
     assert small.manifest.memory["peak_anon_mb"] - small.manifest.memory["start_anon_mb"] < 100  # a new peak per step
+
+
+def test_yaml_merge_keys_share_a_step_recipe_and_explicit_keys_win(tmp_path, sample_dir):
+    p = load(tmp_path, """\
+    steps:
+      - {id: q, stage: queries, options: {num_queries: 10}}
+      - {id: m, stage: mine, queries: "@q", miner: bm25}
+      - {id: s, stage: score, candidates: "@m"}
+      - &student {id: t1, stage: train, scores: "@s", learning_rate: 1.0e-4, epochs: 2}
+      - {<<: *student, id: t2, learning_rate: 3.0e-5}
+    """, sample_dir)
+    assert p.steps["t2"].stage.name == "train" and p.steps["t2"].config.epochs == 2
+    assert (p.steps["t1"].config.learning_rate, p.steps["t2"].config.learning_rate) == (1.0e-4, 3.0e-5)
+    assert [r.step for r in p.steps["t2"].refs] == ["s"]

@@ -23,7 +23,15 @@ runtimes directly; the extra packages install without dependencies (no second to
 
 Exports are cached under ``$RETRDISTILL_COMPILED`` (default ``~/.cache/retrdistill/compiled``), keyed by a
 hash of the weights, the config, the torch version and the export settings, and every compiled model is
-checked against the torch one on two probe batches before it is used.
+checked against the torch one on two probe batches before it is used. Each backend's build is kept beside the
+export (``model-fused.onnx``, ``model-int8.onnx``, OpenVINO's blobs under ``openvino-<precision>/``), so a model is
+built once per backend; the max length plays no part, the graph's batch and sequence axes being dynamic.
+
+Fingerprints: :func:`output_key` is what a backend adds to the fingerprint of anything encoded with it. The fp32
+backends (``onnx``, ``openvino``) add nothing: they are checked to match torch within 1e-3 on the probes
+(measured ~2e-7 on embeddings, the size of torch's own batch-to-batch rounding), so their embeddings share
+torch's cache and an artefact built with them keeps torch's key. ``onnx-int8`` and ``openvino-bf16`` (where the
+CPU really runs bf16) change embeddings, so they add their name, precision and runtime version.
 """
 
 from __future__ import annotations
@@ -48,13 +56,20 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BACKENDS",
     "available_backends",
+    "backend_info",
+    "backend_of",
+    "check_backend",
     "compile_model",
     "compiled_cache_dir",
+    "keyed_options",
     "load_encoder",
     "load_reranker",
+    "output_key",
+    "parameter_count",
 ]
 
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+LOSSLESS = ("torch", "onnx", "openvino")  # outputs equal to torch's up to fp32 rounding (checked on every compile)
 _OPSET = 17
 _EXPORT_FORMAT = 1  # bump when the export recipe changes
 _PROBE_TEXTS = (
@@ -90,6 +105,77 @@ def _importable(name: str) -> bool:
 
 def compiled_cache_dir() -> Path:
     return Path(os.environ.get("RETRDISTILL_COMPILED", Path.home() / ".cache" / "retrdistill" / "compiled"))
+
+
+def check_backend(backend: str, device: str | None = None) -> None:
+    """ConfigError unless ``backend`` is known, fits ``device`` and its runtime is installed."""
+    _check_backend(backend, device)
+
+
+def output_key(backend: str) -> dict[str, Any] | None:
+    """What ``backend`` adds to the fingerprint of what a model computes with it; None where its outputs are
+    torch's (``torch``, ``onnx``, ``openvino``, and ``openvino-bf16`` on a CPU without bf16 units)."""
+    _check_backend(backend, None)
+    if backend in LOSSLESS:
+        return None
+    if backend == "openvino-bf16":
+        precision = _openvino_default_precision()
+        if precision == "f32":
+            return None
+        import openvino
+
+        return {"backend": backend, "precision": precision, "openvino": openvino.__version__,
+                "export": _EXPORT_FORMAT, "opset": _OPSET}
+    import onnxruntime
+
+    return {"backend": backend, "precision": "int8-dynamic-per-channel-matmul", "onnxruntime": onnxruntime.__version__,
+            "export": _EXPORT_FORMAT, "opset": _OPSET}
+
+
+def keyed_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A part's output options with their ``backend`` entry replaced by :func:`output_key` (dropped where that is
+    None), so choosing a backend that keeps torch's outputs keeps the part's fingerprint."""
+    out = dict(options)
+    if "backend" in out:
+        key = output_key(out.pop("backend") or "torch")
+        if key is not None:
+            out["backend"] = key
+    return out
+
+
+def _openvino_default_precision() -> str:
+    """OpenVINO's default CPU inference precision here: ``bf16`` where the CPU has bf16 units, else ``f32``."""
+    import openvino as ov
+
+    return _precision_name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def _precision_name(value: Any) -> str:
+    """``bf16`` / ``f16`` / ``f32`` for an OpenVINO element type (printed ``<Type: 'bfloat16'>`` and the like)."""
+    text = str(value).lower()
+    for name, marks in (("bf16", ("bf16", "bfloat16")), ("f16", ("f16", "float16")), ("f32", ("f32", "float32"))):
+        if any(m in text for m in marks):
+            return name
+    return text
+
+
+def backend_of(model: Any) -> str:
+    """The backend ``model`` runs on (``torch`` unless :func:`compile_model` compiled it)."""
+    return getattr(model, "_retrdistill_backend", "torch")
+
+
+def parameter_count(model: Any) -> int:
+    """Parameters of ``model``, a compiled one's counted as the torch model had them."""
+    compiled = getattr(model, "_retrdistill_compiled", None)
+    if compiled is not None:
+        return int(compiled["parameters"])
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def backend_info(model: Any) -> dict[str, Any]:
+    """What manifests record of ``model``'s backend: its name and, compiled, the variant, precision and the
+    agreement with torch measured on the probes."""
+    return dict(getattr(model, "_retrdistill_compiled", None) or {"backend": "torch"})
 
 
 # ------------------------------------------------------------------------------------------------ loaders
@@ -174,6 +260,7 @@ def compile_model(model: Any, backend: str, *, cache_dir: str | Path | None = No
         raise ConfigError(f"backend {backend!r}: unsupported model output {output!r}")
     if any(p.device.type != "cpu" for p in hf.parameters()):
         raise ConfigError(f"backend {backend!r} runs on the CPU; load the model with device='cpu'")
+    parameters = int(sum(p.numel() for p in model.parameters()))  # before the weights leave the torch module
     tok = first.tokenizer
     inputs = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
     if "attention_mask" not in inputs:
@@ -198,9 +285,13 @@ def compile_model(model: Any, backend: str, *, cache_dir: str | Path | None = No
     elif backend == "onnx-int8":
         candidates = [("int8", lambda: _OrtRunner(_ort_int8(raw), threads))]
     elif backend == "openvino":
-        candidates = [("f32", lambda: _OpenVinoRunner(raw, threads, precision="f32"))]
+        candidates = [("f32", lambda: _OpenVinoRunner(raw, threads, precision="f32", cache=target / "openvino-f32"))]
     elif backend == "openvino-bf16":
-        candidates = [("default", lambda: _OpenVinoRunner(raw, threads, precision=None))]
+        # the CPU's default precision, named, and one blob folder per precision: OpenVINO's blob name does not
+        # cover the precision hint, and an f32 blob of the same graph taken for bf16 gave non-finite outputs
+        default = _openvino_default_precision()
+        candidates = [("default", lambda: _OpenVinoRunner(raw, threads, precision=default,
+                                                          cache=target / f"openvino-{default}"))]
 
     problems = []
     for label, make in candidates:
@@ -214,6 +305,10 @@ def compile_model(model: Any, backend: str, *, cache_dir: str | Path | None = No
             shim = _CompiledTransformer(runner, hf.config, inputs, output, backend=backend)
             first.model = shim
             model._retrdistill_backend = backend
+            model._retrdistill_compiled = {"backend": backend, "variant": label,
+                                           "precision": getattr(runner, "precision", "int8" if backend == "onnx-int8"
+                                                                else "f32"),
+                                           "agreement": detail, "compiled_key": key, "parameters": parameters}
             log.info("compiled %s for %s (%s, %s); cache %s", type(hf).__name__, backend, label, detail, target)
             return model
         problems.append(f"{label}: {detail}")
@@ -388,7 +483,7 @@ class _OrtRunner:
 
 
 class _OpenVinoRunner:
-    def __init__(self, path: Path, threads: int, *, precision: str | None) -> None:
+    def __init__(self, path: Path, threads: int, *, precision: str | None, cache: Path | None = None) -> None:
         import openvino as ov
 
         core = ov.Core()
@@ -397,9 +492,14 @@ class _OpenVinoRunner:
                                   "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        if cache is not None:  # OpenVINO keys its blobs on the graph, the device and this config: built once
+            cache.mkdir(parents=True, exist_ok=True)
+            config["CACHE_DIR"] = str(cache)
+            self.compiled = core.compile_model(str(path), "CPU", config)
+        else:
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = _precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.path = path
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from retrdistill import progress
 from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
 from retrdistill.data.beir import Corpus
 from retrdistill.encoding.engine import encode_texts
+from retrdistill.encoding.prompts import prompted
 from retrdistill.models import load_sentence_transformer, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class EncodeSettings:
     batch_size: int = 64
     max_seq_length: int | None = None  # None: the model's own
     shard_size: int = 4096
+    backend: str = "torch"  # retrdistill.encoding.backends; keys the cache only where it changes embeddings
 
 
 @dataclass
@@ -46,12 +48,18 @@ def should_normalize(model) -> bool:
 
 
 def embeddings_key(model_ref: str, corpus: Corpus, settings: EncodeSettings) -> str:
-    return fingerprint_obj({
+    from retrdistill.encoding.backends import output_key
+
+    key = {
         "model": model_fingerprint(model_ref),
         "corpus": corpus.fingerprint,
         "max_seq_length": settings.max_seq_length,
         "kind": "passage-embeddings-v1",
-    })
+    }
+    backend = output_key(settings.backend)  # None for torch and the fp32 backends: they share torch's cache
+    if backend is not None:
+        key["backend"] = backend
+    return fingerprint_obj(key)
 
 
 def embedding_dim(model) -> int:
@@ -59,8 +67,14 @@ def embedding_dim(model) -> int:
     return int(getter())
 
 
-def load_encoder(model_ref: str, settings: EncodeSettings):
-    model = load_sentence_transformer(model_ref)
+def load_encoder(model_ref: str, settings: EncodeSettings, *, device: str | None = None):
+    """The SentenceTransformer for ``model_ref`` at the settings' max length, on the settings' backend."""
+    if settings.backend != "torch":
+        from retrdistill.encoding.backends import load_encoder as load_compiled
+
+        return load_compiled(model_ref, settings.backend, device=device,
+                             max_seq_length=settings.max_seq_length or None)
+    model = load_sentence_transformer(model_ref, device=device)
     if settings.max_seq_length:
         model.max_seq_length = settings.max_seq_length
     return model
@@ -84,7 +98,13 @@ def corpus_embeddings(
     *,
     model=None,
 ) -> CorpusEmbeddings:
-    """Embeddings of every passage under ``model_ref``; computed (resumably) on the first call, then cached."""
+    """Embeddings of every passage under ``model_ref``; computed (resumably) on the first call, then cached.
+
+    A ``model`` given already loaded encodes on its own backend, whatever ``settings.backend`` says."""
+    if model is not None:
+        from retrdistill.encoding.backends import backend_of
+
+        settings = replace(settings, backend=backend_of(model))
     folder = Path(cache_dir) / "embeddings" / embeddings_key(model_ref, corpus, settings)[:24]
     meta_path = folder / "meta.json"
     if meta_path.is_file():
@@ -98,7 +118,7 @@ def corpus_embeddings(
     log.info("encoding %d passages with %s: %d of %d shards to do", n, model_ref, len(todo), len(starts))
     bar = progress.bar(n, f"encode {Path(model_ref).name}", "psg", initial=done)
     for start in todo:
-        texts = corpus.texts(start, start + settings.shard_size)
+        texts = prompted(model, corpus.texts(start, start + settings.shard_size), "document")
         emb = encode_texts(model, texts, batch_size=settings.batch_size, normalize=normalized, on_progress=bar.update)
         with atomic_path(shards / f"{start:012d}.npy") as tmp:
             with open(tmp, "wb") as fh:

@@ -22,8 +22,8 @@ from retrdistill.evaluation.metrics import EvalResult, validate_metrics
 log = logging.getLogger(__name__)
 
 FORMAT = "retrdistill-leaderboard"
-SCHEMA_VERSION = 2  # 2: rows gained query_terms, doc_terms, flops_per_query, validation (version 1 files still load)
-COST_FIELDS = ("encode_passages_per_s", "ms_per_query", "flops_per_query", "query_terms", "doc_terms", "index_bytes",
+SCHEMA_VERSION = 3  # 2: rows gained query_terms, doc_terms, flops_per_query, validation; 3: backend, negatives (older files load)
+COST_FIELDS = ("backend", "encode_passages_per_s", "ms_per_query", "flops_per_query", "query_terms", "doc_terms", "index_bytes",
                "parameters")
 INVERTED_COST_FIELDS = ("flops_per_query", "query_terms", "doc_terms")  # inverted indexes: sparse models, BM25
 MARKER = "\u2020"  # dagger: corrected p < alpha against the baseline
@@ -64,9 +64,11 @@ class Row:
     flops_per_query: float | None = None  # postings touched per query (inverted indexes)
     query_terms: float | None = None  # mean non-zero terms per query (inverted indexes)
     doc_terms: float | None = None  # mean non-zero terms per passage (inverted indexes)
+    backend: str | None = None  # the encoding backend of a system that encodes (torch, onnx, onnx-int8, ...)
     provenance: dict[str, str] = field(default_factory=dict)  # e.g. model / index / pipeline -> fingerprint
     significance: dict[str, Significance] = field(default_factory=dict)  # metric -> test against the baseline
     validation: dict[str, Any] | None = None  # a trained student's validation curve (retrdistill.validation.curve)
+    negatives: dict[str, Any] | None = None  # what a trained student's negatives were (retrdistill.evaluation.mining)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class MeanRow:
     flops_per_query: float | None = None  # mean over the system's rows, if all have it
     query_terms: float | None = None  # idem
     doc_terms: float | None = None  # idem
+    backend: str | None = None  # when the same on every row
 
 
 @dataclass
@@ -111,8 +114,10 @@ class Leaderboard:
         flops_per_query: float | None = None,
         query_terms: float | None = None,
         doc_terms: float | None = None,
+        backend: str | None = None,
         provenance: Mapping[str, str] | None = None,
         validation: dict[str, Any] | None = None,
+        negatives: dict[str, Any] | None = None,
     ) -> Row:
         return self.add(
             Row(
@@ -127,8 +132,10 @@ class Leaderboard:
                 flops_per_query=flops_per_query,
                 query_terms=query_terms,
                 doc_terms=doc_terms,
+                backend=backend,
                 provenance=dict(provenance or {}),
                 validation=validation,
+                negatives=negatives,
             )
         )
 
@@ -190,6 +197,7 @@ class Leaderboard:
                     if all(m in r.metrics for r in rows):
                         metrics[m] = sum(r.metrics[m] for r in rows) / len(rows)
             params = {r.parameters for r in rows}
+            backends = {r.backend for r in rows}
             out.append(
                 MeanRow(
                     system=system,
@@ -199,6 +207,7 @@ class Leaderboard:
                     ms_per_query=_mean_if_all([r.ms_per_query for r in rows]),
                     parameters=params.pop() if len(params) == 1 else None,
                     **{c: _mean_if_all([getattr(r, c) for r in rows]) for c in INVERTED_COST_FIELDS},
+                    backend=backends.pop() if len(backends) == 1 else None,
                 )
             )
         return sorted(out, key=lambda r: _rank_key(r.metrics, self.primary_metric, r.system))
@@ -297,7 +306,8 @@ def _parse(data: Any, path: Path) -> Leaderboard:
 
 def _parse_row(raw: Any, path: Path, where: str, version: int = SCHEMA_VERSION) -> Row:
     _expect(isinstance(raw, dict), path, where, "an object", raw)
-    known = {f.name for f in fields(Row)} - ({*INVERTED_COST_FIELDS, "validation"} if version < 2 else set())
+    known = ({f.name for f in fields(Row)} - ({*INVERTED_COST_FIELDS, "validation"} if version < 2 else set())
+             - ({"backend", "negatives"} if version < 3 else set()))
     unknown = sorted(set(raw) - known)
     _expect(not unknown, path, where, f"only the fields {sorted(known)}", unknown)
     for key in ("system", "dataset"):
@@ -325,6 +335,9 @@ def _parse_row(raw: Any, path: Path, where: str, version: int = SCHEMA_VERSION) 
     for key in ("encode_passages_per_s", "ms_per_query", *INVERTED_COST_FIELDS):
         v = raw.get(key)
         _expect(v is None or (_is_num(v) and v >= 0), path, f"{where}.{key}", "a non-negative number or null", v)
+    backend = raw.get("backend")
+    _expect(backend is None or (isinstance(backend, str) and backend), path, f"{where}.backend",
+            "a backend name or null", backend)
     prov = raw.get("provenance", {})
     _expect(
         isinstance(prov, dict) and all(isinstance(v, str) for v in prov.values()),
@@ -356,10 +369,20 @@ def _parse_row(raw: Any, path: Path, where: str, version: int = SCHEMA_VERSION) 
         index_bytes=raw.get("index_bytes"),
         parameters=raw.get("parameters"),
         **{key: raw.get(key) for key in INVERTED_COST_FIELDS},
+        backend=backend,
         provenance=dict(prov),
         significance=sig,
         validation=_parse_validation(raw.get("validation"), path, f"{where}.validation"),
+        negatives=_parse_negatives(raw.get("negatives"), path, f"{where}.negatives"),
     )
+
+
+def _parse_negatives(raw: Any, path: Path, where: str) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    _expect(isinstance(raw, dict) and isinstance(raw.get("stage"), str), path, where,
+            "null or an object with the stage that chose the negatives", raw)
+    return dict(raw)
 
 
 def _parse_validation(raw: Any, path: Path, where: str) -> dict[str, Any] | None:
@@ -383,6 +406,7 @@ def metric_label(metric: str) -> str:
 
 
 COST_LABELS = {
+    "backend": "backend",
     "ms_per_query": "ms/query",
     "encode_passages_per_s": "passages/s",
     "index_bytes": "index",
@@ -396,6 +420,8 @@ COST_LABELS = {
 def format_cost(name: str, value: float | int | None) -> str:
     if value is None:
         return "\u2014"
+    if name == "backend":
+        return str(value)
     if name == "index_bytes":
         size = float(value)
         for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

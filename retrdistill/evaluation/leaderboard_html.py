@@ -119,7 +119,8 @@ def _section(board: Leaderboard, title: str, ident: str, rows: list[Row] | list[
     costs = cost_columns(rows)
     head = ['<th data-type="num" aria-sort="none">#</th>', '<th data-type="text" aria-sort="none">System</th>']
     head += [f'<th data-type="num" aria-sort="none">{escape(metric_label(m))}</th>' for m in metrics]
-    head += [f'<th data-type="num" aria-sort="none">{escape(COST_LABELS[c])}</th>' for c in costs]
+    head += [f'<th data-type="{"text" if c == "backend" else "num"}" aria-sort="none">{escape(COST_LABELS[c])}</th>'
+             for c in costs]
     body = []
     for rank, r in enumerate(rows, start=1):
         is_base = board.baseline is not None and r.system == board.baseline
@@ -133,9 +134,8 @@ def _section(board: Leaderboard, title: str, ident: str, rows: list[Row] | list[
             )
         for c in costs:
             v = getattr(r, c)
-            cells.append(
-                f'<td data-value="{"" if v is None else repr(v)}"{_missing(v)}>{escape(format_cost(c, v))}</td>'
-            )
+            shown = "" if v is None else escape(v) if isinstance(v, str) else repr(v)
+            cells.append(f'<td data-value="{shown}"{_missing(v)}>{escape(format_cost(c, v))}</td>')
         tr = '<tr class="baseline">' if is_base else "<tr>"
         body.append(tr + "".join(cells) + "</tr>")
     table = (
@@ -143,9 +143,13 @@ def _section(board: Leaderboard, title: str, ident: str, rows: list[Row] | list[
         f"<tbody>{''.join(body)}</tbody></table>"
     )
     plot = _plot(board, rows, ident)
+    from retrdistill.evaluation.mining import margins_svg
     from retrdistill.validation.curve import validation_figures
 
-    return f'<h2>{escape(title)}</h2><div class="section">{table}{plot}</div>{validation_figures(rows, ident)}'
+    margins = margins_svg([(r.system, r.negatives) for r in rows if getattr(r, "negatives", None)], ident)
+    margins = f'<figure class="margins">{margins}</figure>' if margins else ""
+    return (f'<h2>{escape(title)}</h2><div class="section">{table}{plot}</div>{validation_figures(rows, ident)}'
+            f"{margins}")
 
 
 def _missing(value: object) -> str:

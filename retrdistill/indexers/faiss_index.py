@@ -55,13 +55,11 @@ class FaissIndexer(Indexer):
         """An empty faiss index for ``n`` vectors of width ``dim``."""
 
     # ---------------------------------------------------------------- encoding (dense SentenceTransformer)
-    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None):
-        from retrdistill.models import load_sentence_transformer
+    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None,
+                   backend: str = "torch"):
+        from retrdistill.encoding.corpus import EncodeSettings, load_encoder
 
-        model = load_sentence_transformer(model_ref, device=device)
-        if max_seq_length:
-            model.max_seq_length = max_seq_length
-        return model
+        return load_encoder(model_ref, EncodeSettings(max_seq_length=max_seq_length, backend=backend), device=device)
 
     def index_corpus(self, model, corpus, folder: Path, *, model_ref: str, cache_dir: Path, batch_size: int = 64,
                      max_seq_length: int | None = None) -> BuiltIndex:
@@ -82,6 +80,7 @@ class FaissIndexer(Indexer):
 
     @staticmethod
     def _embeddings(model, corpus, model_ref: str, cache_dir: Path, batch_size: int, max_seq_length: int | None):
+        """The corpus's embeddings by ``model``, on its backend (the cache keys on it where it changes output)."""
         from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings
 
         settings = EncodeSettings(batch_size=batch_size, max_seq_length=max_seq_length)
@@ -89,13 +88,16 @@ class FaissIndexer(Indexer):
 
     def encode_queries(self, model, texts: list[str], info: dict[str, Any]) -> np.ndarray:
         from retrdistill.encoding.engine import encode_texts
+        from retrdistill.encoding.prompts import prompted
 
-        return encode_texts(model, texts, batch_size=1 if len(texts) <= 1 else 32, normalize=info["normalized"])
+        return encode_texts(model, prompted(model, texts, "query"), batch_size=1 if len(texts) <= 1 else 32,
+                            normalize=info["normalized"])
 
     def encode_passages(self, model, texts: list[str], info: dict[str, Any]) -> np.ndarray:
         from retrdistill.encoding.engine import encode_texts
+        from retrdistill.encoding.prompts import prompted
 
-        return encode_texts(model, texts, normalize=info["normalized"])
+        return encode_texts(model, prompted(model, texts, "document"), normalize=info["normalized"])
 
     # ---------------------------------------------------------------- the index
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from retrdistill.artefacts import atomic_path, write_json_atomic
 from retrdistill.encoding.sparse import POSTING_FILES, SparseSettings, corpus_postings, encode_sparse
+from retrdistill.errors import ConfigError
 from retrdistill.parts import BuiltIndex, Indexer
 
 PARAMS = "sparse.json"
@@ -95,9 +96,13 @@ class SparseIndexer(Indexer):
     example_build: ClassVar[dict[str, Any]] = {"max_seq_length": 32}
 
     # ---------------------------------------------------------------- encoding (SparseEncoder)
-    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None):
+    def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None,
+                   backend: str = "torch"):
         from retrdistill.encoding.sparse import load_sparse_encoder
 
+        if backend != "torch":
+            raise ConfigError(f"backend {backend!r}: sparse models encode with torch only (the compiled backends "
+                              f"cover dense SentenceTransformer and CrossEncoder models); use backend: torch")
         return load_sparse_encoder(model_ref, max_seq_length=max_seq_length, device=device)
 
     def _settings(self, batch_size: int, max_seq_length: int | None) -> SparseSettings:

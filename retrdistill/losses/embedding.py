@@ -102,10 +102,12 @@ def build_teacher_tables(teacher, queries: list[str], docids: list[str], corpus,
     row = corpus.row_index()
     rows = np.array([row[d] for d in doc_list], dtype=np.int64)
     if getattr(teacher.options, "encode_corpus", True):
+        from retrdistill.llm.passages import stored_or_encoded
+
         store = teacher.corpus_embeddings()
         order = np.argsort(rows)  # sorted reads from the memory map, then back to doc_list order
         p_emb = np.empty((len(rows), store.embeddings.shape[1]), dtype=np.float32)
-        p_emb[order] = store.embeddings[rows[order]]
+        p_emb[order] = stored_or_encoded(store.embeddings, rows[order], corpus, _passage_encoder(teacher))
     else:
         from retrdistill.encoding.corpus import should_normalize
         from retrdistill.encoding.engine import encode_texts
@@ -117,6 +119,16 @@ def build_teacher_tables(teacher, queries: list[str], docids: list[str], corpus,
         raise ConfigError(f"teacher query ({q_emb.shape[1]}-d) and passage ({p_emb.shape[1]}-d) embeddings differ in width")
     return TeacherTables(np.ascontiguousarray(q_emb, dtype=np.float32), np.ascontiguousarray(p_emb, dtype=np.float32),
                          {q: i for i, q in enumerate(query_list)}, {d: i for i, d in enumerate(doc_list)})
+
+
+def _passage_encoder(teacher):
+    """Encodes generated (training-only) passages, which the corpus's cached embeddings do not hold."""
+    from retrdistill.encoding.corpus import should_normalize
+    from retrdistill.encoding.engine import encode_texts
+    from retrdistill.encoding.prompts import prompted
+
+    return lambda texts: encode_texts(teacher.model, prompted(teacher.model, texts, "document"),
+                                      batch_size=teacher.options.batch_size, normalize=should_normalize(teacher.model))
 
 
 def _cached_query_embeddings(teacher, texts: list[str], cache_dir: Path) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from retrdistill.artefacts import atomic_dir, fingerprint_obj, write_json_atomic
 from retrdistill.data.beir import Corpus
+from retrdistill.errors import ConfigError
 from retrdistill.parts import Hits, Miner
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,10 @@ class BM25Miner(Miner):
         """BM25 score of given passages for each query (for fusion teachers)."""
         self._load()
         row = self.corpus.row_index()
+        outside = next((d for docs in pairs.values() for d in docs if row[d] >= len(self._doc_ids)), None)
+        if outside is not None:
+            raise ConfigError(f"BM25 cannot score generated passage {outside!r}: it is not in the corpus's index; "
+                              f"score candidates with LLM-written negatives with a teacher that reads texts")
         out = {}
         qids = list(pairs)
         for qid, tokens in zip(qids, self._query_ids([queries[q] for q in qids])):

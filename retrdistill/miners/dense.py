@@ -9,6 +9,7 @@ from typing import ClassVar
 from retrdistill.data.beir import Corpus
 from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
 from retrdistill.encoding.engine import encode_texts
+from retrdistill.encoding.prompts import prompted
 from retrdistill.indexers.faiss_index import FlatIndexer
 from retrdistill.models import model_fingerprint
 from retrdistill.parts import Hits, Miner
@@ -47,6 +48,7 @@ class DenseMiner(Miner):
     def search(self, queries: dict[str, str], depth: int) -> Hits:
         model, index, normalized = self._load()
         qids = list(queries)
-        q_emb = encode_texts(model, [queries[q] for q in qids], batch_size=self.options.batch_size, normalize=normalized)
+        q_emb = encode_texts(model, prompted(model, [queries[q] for q in qids], "query"),
+                             batch_size=self.options.batch_size, normalize=normalized)
         scores, rows = self._indexer.search(index, q_emb, depth)
         return dict(zip(qids, self.corpus.hits(scores, rows)))

@@ -98,6 +98,7 @@ class Work:
     inputs: dict[str, str]  # input name -> fingerprint
     body: Callable[[Path], dict[str, Any]]  # writes the files into a temporary folder, returns counts
     step: str = ""  # the pipeline step id, recorded in the manifest (not part of the key)
+    distributed: bool = False  # under torchrun, every rank runs the body (rank 0 alone writes the artefact)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -134,6 +135,8 @@ class Work:
             return StageResult(self.stage, self.out_dir, existing, skipped=True)
         if existing is not None:
             log.info("%s: %s is stale (config, inputs or files changed); rebuilding", self.stage, self.out_dir)
+        if distributed_rank() > 0:
+            return self._run_on_other_rank(key)
         started = time.perf_counter()
         with atomic_dir(self.out_dir) as tmp, PeakMemory() as memory:
             counts = self.body(tmp)
@@ -144,6 +147,33 @@ class Work:
         log.info("%s: done in %.1fs (peak RSS %s MB) -> %s", self.stage, manifest.seconds,
                  manifest.memory.get("peak_rss_mb"), self.out_dir)
         return StageResult(self.stage, self.out_dir, manifest, skipped=False)
+
+
+    def _run_on_other_rank(self, key: str) -> StageResult:
+        """A rank above 0 of a torchrun job: a distributed body runs here too, its files thrown away (rank 0 swaps
+        the one folder in and writes the one manifest); any other stage waits for rank 0 to write the artefact."""
+        import tempfile
+
+        rank = distributed_rank()
+        if not self.distributed:
+            log.info("%s: rank %d waits for rank 0 to write %s", self.stage, rank, self.out_dir)
+            while True:
+                manifest = read_manifest(self.out_dir)
+                if manifest is not None and manifest.key == key:
+                    return StageResult(self.stage, self.out_dir, manifest, skipped=True)
+                time.sleep(1.0)
+        with tempfile.TemporaryDirectory(prefix=f"retrdistill-{self.stage}-rank{rank}-") as tmp:
+            counts = self.body(Path(tmp))
+        manifest = Manifest(stage=self.stage, kind=self.kind, step=self.step, key=key, config=self.config,
+                            inputs=self.inputs, counts=counts)
+        return StageResult(self.stage, self.out_dir, manifest, skipped=False)
+
+
+def distributed_rank() -> int:
+    """This process's rank in a torchrun job (``RANK``), 0 outside one."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def _jsonable(obj: Any) -> Any:

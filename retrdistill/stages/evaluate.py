@@ -130,7 +130,7 @@ def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Pat
         for spec in specs:
             out = rows[spec.name]
             board.add_result(spec.name, dataset, results[spec.name], provenance=out.provenance,
-                             validation=getattr(out, "validation", None),
+                             validation=out.validation, negatives=out.negatives,
                              **{k: v for k, v in out.cost.items() if k in lb.COST_FIELDS})
         comparison = None
         if cfg.baseline and len(specs) > 1:

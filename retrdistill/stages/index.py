@@ -4,8 +4,8 @@ The registered indexer does both (see :class:`retrdistill.parts.Indexer`): it re
 before anything is encoded, encodes the corpus (dense FAISS indexers through the shared embedding cache, the
 sparse indexer through its postings cache) and saves its files. The folder (under ``indexes/`` by default)
 holds the indexer's files (``index.faiss``; ``sparse.json`` + ``postings.*.npy``), ``docids.txt`` (row -> doc
-id), ``index.json`` (indexer, model, corpus, what the indexer records of the encoding) and the manifest;
-:class:`retrdistill.Retriever` loads it.
+id), ``index.json`` (indexer, model, corpus, encoding backend, what the indexer records of the encoding) and the
+manifest; :class:`retrdistill.Retriever` loads it, encoding queries on the index's backend by default.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any
 from retrdistill import registry
 from retrdistill.artefacts import atomic_path, write_json_atomic
 from retrdistill.data.beir import open_collection
+from retrdistill.encoding.backends import backend_info, output_key
+from retrdistill.errors import ConfigError
 from retrdistill.models import model_fingerprint
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 
@@ -30,9 +32,17 @@ class IndexConfig:
     batch_size: int = field(default=64, metadata={"help": "Passages per encoding batch."})
     max_seq_length: int | None = field(default=None,
                                        metadata={"help": "Token limit per passage; default: the model's own."})
+    backend: str = field(default="torch", metadata={
+        "help": "Encoding backend: torch, or a CPU fast path: onnx, openvino (fp32, equal to torch), onnx-int8, "
+                "openvino-bf16 (faster, embeddings change slightly; see docs/fast-paths.md).",
+        "omit_default": True})
 
     def __post_init__(self) -> None:
+        from retrdistill.encoding.backends import BACKENDS
+
         registry.entry("indexer", self.indexer)
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"index backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
 
 
 def run_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir: str | Path, *,
@@ -51,11 +61,17 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
     inputs = {"corpus": corpus.fingerprint, "model": model_fingerprint(model)}
     config = {**config_dict(cfg), "model": model}
     config.pop("batch_size")
+    # the backend keys the artefact only where it changes the embeddings (int8, bf16); fp32 ONNX / OpenVINO build
+    # the index torch builds (they share its embedding cache), so they keep its key
+    config.pop("backend", None)
+    changes = output_key(cfg.backend)  # also refuses a backend whose runtime is missing, before anything runs
+    if changes is not None:
+        config["backend"] = changes
     out_dir = Path(out_dir)
 
     def body(tmp: Path) -> dict[str, Any]:
         indexer.check_model(model)  # an upstream step's model, written since planning: before any encoding
-        encoder = indexer.load_model(model, max_seq_length=cfg.max_seq_length)
+        encoder = indexer.load_model(model, max_seq_length=cfg.max_seq_length, backend=cfg.backend)
         built = indexer.index_corpus(encoder, corpus, tmp, model_ref=model, cache_dir=Path(cache_dir),
                                      batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length)
         with atomic_path(tmp / "docids.txt") as part, open(part, "w", encoding="utf-8") as fh:
@@ -67,13 +83,16 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
             "model": _portable(model, out_dir),
             "model_type": indexer.model_type,
             "max_seq_length": cfg.max_seq_length,
+            "backend": cfg.backend,
+            "backend_detail": backend_info(encoder),
             **built.info,
             "corpus": _portable(str(corpus.path), out_dir),
             "corpus_fingerprint": corpus.fingerprint,
             "documents": len(corpus),
         })
         counts = {k: v for k, v in built.info.items() if isinstance(v, int) and not isinstance(v, bool)}
-        return {"documents": len(corpus), **counts, "index_bytes": indexer.index_bytes(tmp)}
+        return {"documents": len(corpus), **counts, "index_bytes": indexer.index_bytes(tmp),
+                "backend": backend_info(encoder)}
 
     return Work("index", "index", out_dir, config, inputs, body)
 

@@ -1,8 +1,10 @@
 """Stage ``mine``: candidate negatives per training query, written as ``candidates.jsonl``.
 
-Each line: ``{"qid", "query", "positives": [doc ids], "negatives": [doc ids]}``. Negatives are drawn from the
-miner's ranks ``rank_min``..``rank_max`` (1-based, after known positives are removed), either the top ones
-(``sampling: top``) or a seeded random sample (``sampling: random``).
+Each line: ``{"qid", "query", "positives": [doc ids], "negatives": [doc ids], "ranks": [...],
+"miner_scores": [...]}``: per negative, its 1-based rank in the miner's list (known positives removed) and the
+miner's score. Negatives come from ranks ``rank_min``..``rank_max``: the top ones (``sampling: top``), a seeded
+random sample (``sampling: random``), or every one of them (``sampling: all``, "mine wide": a ``select`` step
+after scoring then filters and samples with the teacher's scores in hand).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ from typing import Any
 from retrdistill import progress, registry
 from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
-from retrdistill.kinds import CandidateGroup, candidate_row, read_queries
+from retrdistill.kinds import EXTRA_PASSAGES, CandidateGroup, candidate_row, read_queries
+from retrdistill.llm.passages import PREFIX as GENERATED_PREFIX, write_passages
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
 
 log = logging.getLogger(__name__)
+
+
+SAMPLINGS = ("random", "top", "all")
 
 
 @dataclass
@@ -27,19 +33,20 @@ class MineConfig:
     miner: str = field(default="bm25", metadata={"help": "Candidate retriever."})
     options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the miner, e.g. -o k1=0.9."})
     depth: int = field(default=100, metadata={"help": "Candidates retrieved per query."})
-    negatives: int = field(default=8, metadata={"help": "Negatives kept per query."})
+    negatives: int = field(default=8, metadata={"help": "Negatives kept per query (ignored by sampling: all)."})
     rank_min: int = field(default=1,
                           metadata={"help": "Best rank a negative may have (1-based, known positives removed)."})
     rank_max: int = field(default=100, metadata={"help": "Worst rank a negative may have."})
     sampling: str = field(default="random",
-                          metadata={"help": "random (a seeded sample of the ranks in range) or top (the best-ranked)."})
+                          metadata={"help": "random (a seeded sample of the ranks in range), top (the best-ranked) "
+                                            "or all (every rank in range, for a select step after scoring)."})
     seed: int = field(default=13, metadata={"help": "Seed of the random sampling."})
     batch_queries: int = field(default=256, metadata={"help": "Queries searched per miner call."})
 
     def __post_init__(self) -> None:
         registry.entry("miner", self.miner)
-        if self.sampling not in ("random", "top"):
-            raise ValueError("sampling must be 'random' or 'top'")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}")
         if not 1 <= self.rank_min <= self.rank_max:
             raise ValueError("need 1 <= rank_min <= rank_max")
         if self.negatives < 1 or self.depth < 1:
@@ -63,6 +70,8 @@ def prepare_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str |
         qids = list(train.queries)
         short = 0
         written = 0
+        kept = 0
+        picked_generated: set[str] = set()  # written (not found) passages among the picked negatives
         bar = progress.bar(len(qids), f"mine ({cfg.miner})", "q")
         with atomic_path(tmp / "candidates.jsonl") as part, open(part, "w", encoding="utf-8") as fh:
             for start in range(0, len(qids), cfg.batch_queries):
@@ -70,21 +79,39 @@ def prepare_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str |
                 hits = miner.search({q: train.queries[q] for q in batch}, cfg.depth)
                 for qid in batch:
                     positives = sorted(train.positives[qid])
-                    negatives = _pick_negatives(cfg, qid, [d for d, _ in hits.get(qid, [])], set(positives))
-                    short += len(negatives) < cfg.negatives
-                    fh.write(candidate_row(CandidateGroup(qid, train.queries[qid], positives, negatives)))
+                    picked = _pick_negatives(cfg, qid, hits.get(qid, []), set(positives))
+                    picked_generated.update(d for _, d, _ in picked if d.startswith(GENERATED_PREFIX))
+                    short += cfg.sampling != "all" and len(picked) < cfg.negatives
+                    fh.write(candidate_row(CandidateGroup(
+                        qid, train.queries[qid], positives, [d for _, d, _ in picked],
+                        ranks=[r for r, _, _ in picked], miner_scores=[float(s) for _, _, s in picked])))
                     written += 1
+                    kept += len(picked)
                 bar.update(len(batch))
         bar.close()
         if short:
             log.warning("mine: %d of %d queries got fewer than %d negatives", short, written, cfg.negatives)
-        return {"queries": written, "queries_with_fewer_negatives": short}
+        counts = {"queries": written, "queries_with_fewer_negatives": short, "negatives": kept,
+                  "negatives_per_query": round(kept / max(written, 1), 2)}
+        if miner.stats():
+            counts["miner"] = miner.stats()
+        generated = miner.generated_passages()
+        if generated:  # training-only passages the miner wrote, beside the candidates
+            counts["generated_passages"] = write_passages(
+                tmp / EXTRA_PASSAGES, {d: t for d, t in generated.items() if d in picked_generated})
+        return counts
 
     return Work("mine", "candidates", Path(out_dir), config_dict(cfg), inputs, body)
 
 
-def _pick_negatives(cfg: MineConfig, qid: str, ranked: list[str], positives: set[str]) -> list[str]:
-    pool = [d for d in ranked if d not in positives][cfg.rank_min - 1:cfg.rank_max]
+def _pick_negatives(cfg: MineConfig, qid: str, hits: list[tuple[str, float]],
+                    positives: set[str]) -> list[tuple[int, str, float]]:
+    """(rank, doc id, miner score) of the negatives kept, best-ranked first; rank is 1-based among the miner's
+    hits with the known positives removed."""
+    ranked = [(rank, d, s) for rank, (d, s) in enumerate(((d, s) for d, s in hits if d not in positives), start=1)]
+    pool = ranked[cfg.rank_min - 1:cfg.rank_max]
+    if cfg.sampling == "all":
+        return pool
     if cfg.sampling == "top" or len(pool) <= cfg.negatives:
         return pool[:cfg.negatives]
     rng = random.Random(f"{cfg.seed}:{qid}")

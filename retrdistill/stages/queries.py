@@ -39,7 +39,7 @@ def run_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str | P
 def prepare_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str | Path, *,
                     cache_dir: str | Path) -> Work:
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
-    generator = registry.build("query_generator", cfg.source, cfg.options)
+    generator = registry.build("query_generator", cfg.source, cfg.options, cache_dir=Path(cache_dir))
     inputs = {"corpus": collection.corpus.fingerprint, "queries": file_input(collection.root / "queries.jsonl")}
     for split in collection.splits():
         inputs[f"qrels/{split}"] = file_input(collection.qrels_path(split))
@@ -52,7 +52,7 @@ def prepare_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str
                                     allowed=cfg.allow_eval_queries)
         write_queries(tmp, train)
         return {"queries": len(train.queries), "positives": sum(len(p) for p in train.positives.values()),
-                "eval_queries_used": leaked}
+                "eval_queries_used": leaked, **generator.counts()}
 
     return Work("queries", "queries", Path(out_dir), config_dict(cfg), inputs, body)
 

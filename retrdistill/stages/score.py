@@ -8,6 +8,7 @@ scores only the pairs that are missing; the counts in the manifest say how many 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 from retrdistill import progress, registry
 from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
-from retrdistill.kinds import ScoredGroup, count_rows, read_candidates, scored_row
+from retrdistill.kinds import EXTRA_PASSAGES, ScoredGroup, count_rows, read_candidates, scored_row
+from retrdistill.llm.passages import passages_file, with_generated
+from retrdistill.shards import SHARD_HELP, parse_shard, shard_file, shard_rows, take_rows
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
-from retrdistill.teachers.cache import ScoreCache
+from retrdistill.teachers.cache import CachedScorer, ScoreCache
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +32,19 @@ class ScoreConfig:
                                     metadata={"help": "Teacher options, e.g. -o model=offline:all-MiniLM-L6-v2."})
     batch_queries: int = field(default=64,
                                metadata={"help": "Query groups scored per teacher call (does not change the scores)."})
+    shard: str = field(default="", metadata={"help": SHARD_HELP, "omit_default": True})
 
     def __post_init__(self) -> None:
         registry.entry("teacher", self.teacher)
+        parse_shard(self.shard)
 
 
-def build_teacher(cfg: ScoreConfig, collection_dir: str | Path, cache_dir: str | Path):
+def build_teacher(cfg: ScoreConfig, collection_dir: str | Path, cache_dir: str | Path,
+                  candidates_dir: str | Path | None = None):
+    """The teacher over the collection's corpus, overlaid with the generated passages the candidates carry."""
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
-    return registry.build("teacher", cfg.teacher, cfg.options, corpus=collection.corpus, cache_dir=Path(cache_dir))
+    corpus = with_generated(collection.corpus, candidates_dir)
+    return registry.build("teacher", cfg.teacher, cfg.options, corpus=corpus, cache_dir=Path(cache_dir))
 
 
 def run_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str | Path, out_dir: str | Path, *,
@@ -46,21 +54,34 @@ def run_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str 
 
 def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: str | Path, out_dir: str | Path, *,
                   cache_dir: str | Path) -> Work:
-    teacher = build_teacher(cfg, collection_dir, cache_dir)
+    teacher = build_teacher(cfg, collection_dir, cache_dir, candidates_dir)
     teacher_fp = fingerprint_obj(teacher.fingerprint())
     inputs = {"candidates": upstream(candidates_dir, "candidates").fingerprint, "teacher": teacher_fp}
     config = config_dict(cfg)
     config.pop("batch_queries")  # does not change the output
 
     def body(tmp: Path) -> dict[str, Any]:
-        cache = ScoreCache(Path(cache_dir) / "scores.sqlite", teacher_fp)
+        shard = parse_shard(cfg.shard)  # a shard scores its rows only, into its own cache file
+        cache = ScoreCache(shard_file(Path(cache_dir) / "scores.sqlite", shard), teacher_fp)
+        # an ensemble: each member through its own cache entries, combined per whole group (not cached itself)
+        combined = CachedScorer(cache.path) if teacher.members() else None
         scored = reused = groups = 0
         batch: list = []
-        total = count_rows(candidates_dir, "candidates.jsonl")
-        bar = progress.bar(total, f"score ({cfg.teacher})", "q")
+        rows = shard_rows(shard, count_rows(candidates_dir, "candidates.jsonl"), unit=cfg.batch_queries)
+        bar = progress.bar(len(rows), f"score ({cfg.teacher})", "q")
         with atomic_path(tmp / "scores.jsonl") as part, open(part, "w", encoding="utf-8") as fh:
             def flush() -> None:
                 nonlocal scored, reused, groups
+                if combined is not None:
+                    whole = {g.qid: g.positives + g.negatives for g in batch}
+                    fresh = combined.scores(teacher, {g.qid: g.query for g in batch}, whole)
+                    for g in batch:
+                        fh.write(scored_row(ScoredGroup(g.qid, g.query, whole[g.qid], fresh[g.qid].tolist(),
+                                                        len(g.positives), g.ranks, g.miner_scores)))
+                    groups += len(batch)
+                    bar.update(len(batch))
+                    batch.clear()
+                    return
                 known = {g.qid: cache.get(g.qid, g.query, g.positives + g.negatives) for g in batch}
                 missing = {g.qid: [d for d in g.positives + g.negatives if d not in known[g.qid]] for g in batch}
                 missing = {q: docs for q, docs in missing.items() if docs}
@@ -76,12 +97,12 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
                     docids = g.positives + g.negatives
                     reused += sum(1 for d in docids if d not in missing.get(g.qid, ()))
                     fh.write(scored_row(ScoredGroup(g.qid, g.query, docids, [known[g.qid][d] for d in docids],
-                                                    len(g.positives))))
+                                                    len(g.positives), g.ranks, g.miner_scores)))
                 groups += len(batch)
                 bar.update(len(batch))
                 batch.clear()
 
-            for group in read_candidates(candidates_dir):
+            for group in take_rows(read_candidates(candidates_dir), rows):
                 batch.append(group)
                 if len(batch) >= cfg.batch_queries:
                     flush()
@@ -89,6 +110,13 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
                 flush()
         bar.close()
         cache.close()
+        if combined is not None:
+            scored, reused = combined.scored, combined.from_cache
+            combined.close()
+        generated = passages_file(candidates_dir)
+        if generated is not None:  # generated passages travel on with the scores, for training
+            with atomic_path(tmp / EXTRA_PASSAGES) as part:
+                shutil.copyfile(generated, part)
         return {"groups": groups, "pairs_scored": scored, "pairs_from_cache": reused}
 
     return Work("score", "scores", Path(out_dir), config, inputs, body)

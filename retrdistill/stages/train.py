@@ -30,6 +30,7 @@ which checkpoint was kept. Off, the step trains exactly as without it, and its k
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
@@ -39,7 +40,8 @@ from typing import Any
 
 from retrdistill import registry
 from retrdistill.artefacts import fingerprint_obj
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.errors import ConfigError
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, distributed_rank, upstream
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 32
+    micro_batch_size: int | None = field(default=None, metadata={
+        "help": "Rows per forward pass (gradients accumulated to batch_size rows per step): bounds the activation "
+                "memory. Only for objectives without batch-level terms (no in-batch negatives, no FLOPS).",
+        "omit_default": True})
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -71,6 +77,9 @@ class TrainConfig:
     teacher_scale: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "Rescale teacher scores before labels: mode=none|factor|standardise factor=1.0 (empty: none).",
         "omit_default": True})  # see retrdistill.training.teacher_scale; canonical form, empty while none
+    checkpoint_steps: int = field(default=0, metadata={
+        "help": "Save a resumable checkpoint every N steps; a killed run resumes from the last one (0: none).",
+        "omit_default": True})  # not part of the key: it does not change the trained weights
 
     def __post_init__(self) -> None:
         registry.entry("student", self.student)
@@ -91,6 +100,15 @@ class TrainConfig:
             raise ValueError(f"matryoshka_dims must be positive widths, got {self.matryoshka_dims!r}")
         if self.truncate_dim is not None and self.truncate_dim < 1:
             raise ValueError("truncate_dim must be a positive width")
+        if self.micro_batch_size is not None:
+            if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+                raise ValueError(f"micro_batch_size must divide batch_size {self.batch_size}, "
+                                 f"got {self.micro_batch_size}")
+            if self.in_batch_negatives:
+                raise ValueError("micro_batch_size cannot be combined with in_batch_negatives: in-batch negatives "
+                                 "are the other rows of the whole batch")
+        if self.checkpoint_steps < 0 or (self.checkpoint_steps and self.validation):
+            raise ValueError("checkpoint_steps must be >= 0, and is not combined with validation (which saves its own)")
         if self.truncate_dim is not None and self.matryoshka_dims and self.truncate_dim not in self.matryoshka_dims:
             log.warning("truncate_dim %d is not one of matryoshka_dims %s: that width was not trained",
                         self.truncate_dim, self.matryoshka_dims)
@@ -123,8 +141,9 @@ class TrainConfig:
         from retrdistill.training.fit import FitSettings
 
         return FitSettings(epochs=self.epochs, max_steps=self.max_steps, batch_size=self.batch_size,
+                           micro_batch_size=self.micro_batch_size,
                            learning_rate=self.learning_rate, warmup_ratio=self.warmup_ratio,
-                           weight_decay=self.weight_decay, seed=self.seed)
+                           weight_decay=self.weight_decay, seed=self.seed, checkpoint_steps=self.checkpoint_steps)
 
 
 def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Path, out_dir: str | Path, *,
@@ -134,15 +153,20 @@ def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Pa
 
 def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Path, out_dir: str | Path, *,
                   cache_dir: str | Path) -> Work:
+    from retrdistill.evaluation.mining import negatives_record
     from retrdistill.training.data import TrainingInputs
 
     student = registry.build("student", cfg.student, cfg.options)
     student.check_config(cfg)
+    if cfg.micro_batch_size is not None and not student.batch_separable:
+        raise ConfigError(f"micro_batch_size: the {cfg.student!r} student's objective has batch-level terms "
+                          f"(e.g. a FLOPS regulariser over the batch), so smaller forward passes would change it")
     loss = registry.build("loss", cfg.loss, cfg.loss_options)
     sources = TrainingInputs(Path(scores_dir), Path(collection_dir), Path(cache_dir),
                              teacher_scale=cfg.teacher_scale_settings())
     objective = student.objective(loss, cfg.objective_settings(), sources)
-    inputs = {"scores": upstream(scores_dir, "scores").fingerprint, "student": fingerprint_obj(student.fingerprint()),
+    scores_manifest = upstream(scores_dir, "scores")
+    inputs = {"scores": scores_manifest.fingerprint, "student": fingerprint_obj(student.fingerprint()),
               **objective.inputs()}
     validation = cfg.validation_settings()
 
@@ -165,12 +189,19 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
         built = objective.build(model, rows)
         counts.update(built.counts)
         fit_validation = None if checking is None else _fit_validation(validation, checking, student, cfg, sources, tmp)
-        counts.update(fit(student.trainer_classes(), model, built.loss, dataset, cfg.fit_settings(), tmp / ".trainer",
+        settings = cfg.fit_settings()
+        settings.checkpoint_dir = checkpoints  # beside the output, not in tmp: it outlives a killed run
+        counts.update(fit(student.trainer_classes(), model, built.loss, dataset, settings, tmp / ".trainer",
                           batch_sampler=built.batch_sampler, validation=fit_validation))
+        if distributed_rank() == 0:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the folder of every key's checkpoints, once empty
+                checkpoints.parent.rmdir()
         if checking is not None:
             counts["validation"]["split"] = checking["record"]
             shutil.rmtree(tmp / ".validation", ignore_errors=True)
         counts.update(built.trained_counts())
+        counts["negatives"] = negatives_record(scores_manifest)  # what the negatives were (leaderboard figure)
         if cfg.truncate_dim is not None:
             model = student.truncate(model, cfg.truncate_dim)
         student.save(model, tmp / "model")
@@ -178,7 +209,12 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
             counts["dim"] = int(model.get_embedding_dimension())
         return counts
 
-    return Work("train", "student", Path(out_dir), config_dict(cfg), inputs, body)
+    config = config_dict(cfg)
+    config.pop("checkpoint_steps", None)  # how often to checkpoint does not change the weights
+    work = Work("train", "student", Path(out_dir), config, inputs, body, distributed=True)
+    # every rank of a torchrun job names the same folder; keyed, so a changed config never resumes a stale one
+    checkpoints = work.out_dir.parent / f".{work.out_dir.name}.checkpoints" / work.key[:16]
+    return work
 
 
 def _validation_split(settings, sources, tmp: Path):

@@ -136,6 +136,8 @@ class SpladeStudent(Student):
 
         return SpladeObjective(self, loss, settings, inputs)
 
+    batch_separable = False  # the FLOPS regulariser squares the batch's mean activation per term
+
     def check_config(self, cfg: Any) -> None:
         if getattr(cfg, "truncate_dim", None) is not None:
             raise ConfigError("truncate_dim: a SPLADE student's dimensions are its vocabulary's terms and cannot "

@@ -102,15 +102,18 @@ def recording_splade_loss(model, inner, query_weight: float, document_weight: fl
     from sentence_transformers.sparse_encoder.losses import FlopsLoss, SpladeLoss
 
     class CountingFlops(FlopsLoss):
-        """``FlopsLoss`` (threshold off) that records its embeddings' mean number of non-zero terms."""
+        """``FlopsLoss`` (threshold off) that records its embeddings' mean number of non-zero terms; across
+        processes it is computed over the global batch (:mod:`retrdistill.training.distributed`)."""
 
         def __init__(self, model, side: str, into: dict[str, float]) -> None:
             super().__init__(model)
             self.side, self.into = side, into
 
         def compute_loss_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+            from retrdistill.training.distributed import flops
+
             self.into[self.side] = float((embeddings.detach() != 0).sum(dim=1).float().mean())
-            return super().compute_loss_from_embeddings(embeddings)
+            return flops(embeddings)  # FlopsLoss's term over the global batch under torchrun (one process: the same)
 
     class RecordingSpladeLoss(SpladeLoss):
         def forward(self, sentence_features, labels=None):

@@ -16,6 +16,8 @@ import numpy as np
 from retrdistill.data.beir import Corpus
 from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder, should_normalize
 from retrdistill.encoding.engine import encode_texts
+from retrdistill.encoding.prompts import prompted
+from retrdistill.llm.passages import stored_or_encoded
 from retrdistill.models import model_fingerprint
 from retrdistill.parts import Run, Teacher
 
@@ -29,20 +31,31 @@ class BiEncoderTeacher(Teacher):
         batch_size: int = 32
         max_seq_length: int | None = None
         encode_corpus: bool = True
+        backend: str = "torch"  # retrdistill.encoding.backends: a CPU fast path for encoding
+
+        def __post_init__(self) -> None:
+            from retrdistill.encoding.backends import BACKENDS
+
+            if self.backend not in BACKENDS:
+                raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
     output_neutral: ClassVar[tuple[str, ...]] = ("batch_size", "encode_corpus")
     example_options: ClassVar[dict[str, Any]] = {"model": "offline:all-MiniLM-L6-v2"}
+    example_variants: ClassVar[dict[str, Any]] = {"backend": "onnx-int8"}
     corpus: Corpus
     cache_dir: Path
 
     def setup(self) -> None:
         self.settings = EncodeSettings(batch_size=self.options.batch_size, max_seq_length=self.options.max_seq_length,
-                                       shard_size=1024)
+                                       shard_size=1024, backend=self.options.backend)
         self._model = None
         self._row: dict[str, int] | None = None
 
     def fingerprint(self) -> dict:
-        opts = self.output_options()
+        """The backend counts only where it changes the embeddings (int8, bf16)."""
+        from retrdistill.encoding.backends import keyed_options
+
+        opts = keyed_options(self.output_options())
         return {"teacher": "bi-encoder", "model": model_fingerprint(self.options.model), "options": opts,
                 "corpus": self.corpus.fingerprint}
 
@@ -56,7 +69,12 @@ class BiEncoderTeacher(Teacher):
         return corpus_embeddings(self.options.model, self.corpus, self.cache_dir, self.settings, model=self.model)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        return encode_texts(self.model, texts, batch_size=self.options.batch_size, normalize=should_normalize(self.model))
+        return encode_texts(self.model, prompted(self.model, texts, "query"), batch_size=self.options.batch_size,
+                            normalize=should_normalize(self.model))
+
+    def _encode_passages(self, texts: list[str]) -> np.ndarray:
+        return encode_texts(self.model, prompted(self.model, texts, "document"), batch_size=self.options.batch_size,
+                            normalize=should_normalize(self.model))
 
     def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
         qids = list(groups)
@@ -65,15 +83,16 @@ class BiEncoderTeacher(Teacher):
             store = self.corpus_embeddings().embeddings
             if self._row is None:
                 self._row = self.corpus.row_index()
-            return {
-                qid: store[np.array([self._row[d] for d in groups[qid]], dtype=np.int64)] @ q_emb[i]
+            return {  # generated passages (training-only, beyond the stored corpus) are encoded here
+                qid: stored_or_encoded(store, [self._row[d] for d in groups[qid]], self.corpus,
+                                       self._encode_passages) @ q_emb[i]
                 for i, qid in enumerate(qids)
             }
         row = self._row if self._row is not None else self.corpus.row_index()
         self._row = row
         out = {}
         for i, qid in enumerate(qids):
-            texts = self.corpus.texts_at([row[d] for d in groups[qid]])
+            texts = prompted(self.model, self.corpus.texts_at([row[d] for d in groups[qid]]), "document")
             d_emb = encode_texts(self.model, texts, batch_size=self.options.batch_size, normalize=should_normalize(self.model))
             out[qid] = d_emb @ q_emb[i]
         return out

@@ -52,3 +52,84 @@ class ScoreCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+def score_through_cache(teacher, cache: ScoreCache, queries: dict[str, str],
+                        groups: dict[str, list[str]]) -> tuple[dict[str, dict[str, float]], int]:
+    """Every (query, doc) score of ``groups`` (query id -> doc ids), from ``cache`` where it holds them and from
+    ``teacher.score_groups`` otherwise (then stored, one transaction). Returns the scores per query and how many
+    pairs the teacher scored."""
+    known = {q: cache.get(q, queries[q], docs) for q, docs in groups.items()}
+    missing = {q: [d for d in dict.fromkeys(docs) if d not in known[q]] for q, docs in groups.items()}
+    missing = {q: docs for q, docs in missing.items() if docs}
+    if not missing:
+        return known, 0
+    fresh = teacher.score_groups({q: queries[q] for q in missing}, missing)
+    rows = [(q, queries[q], d, float(s)) for q, docs in missing.items() for d, s in zip(docs, fresh[q])]
+    cache.put(rows)
+    for q, docs in missing.items():
+        known[q].update(zip(docs, (float(s) for s in fresh[q])))
+    return known, len(rows)
+
+
+SCORES_FILE = "scores.sqlite"  # the score cache's file name under a cache folder
+
+
+class CachedScorer:
+    """Scores query groups through the score cache file ``path``, each teacher under its own fingerprint.
+
+    A teacher that combines others (an ensemble: :meth:`retrdistill.parts.Teacher.members` is not empty) is
+    scored through each member's own cache entries, recursively, and its members' scores are then combined per
+    whole group; the combined scores are not cached (a per-query normalisation depends on the whole group), so
+    an ensemble over members scored before rescores nothing. ``scored`` / ``from_cache`` count member pairs.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._caches: dict[int, tuple[object, ScoreCache]] = {}
+        self.scored = 0
+        self.from_cache = 0
+
+    def _cache(self, teacher) -> ScoreCache:
+        from retrdistill.artefacts import fingerprint_obj
+
+        if id(teacher) not in self._caches:  # the teacher is held too, so its id is not reused
+            self._caches[id(teacher)] = (teacher, ScoreCache(self.path, fingerprint_obj(teacher.fingerprint())))
+        return self._caches[id(teacher)][1]
+
+    def scores(self, teacher, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, "np.ndarray"]:
+        """One score per doc id of each group, in the group's order (float32)."""
+        import numpy as np
+
+        members = teacher.members()
+        if members:
+            return teacher.combine([self.scores(m, queries, groups) for m in members], groups)
+        known, scored = score_through_cache(teacher, self._cache(teacher), queries, groups)
+        self.scored += scored
+        self.from_cache += sum(len(dict.fromkeys(docs)) for docs in groups.values()) - scored
+        return {q: np.array([known[q][d] for d in docs], dtype=np.float32) for q, docs in groups.items()}
+
+    def close(self) -> None:
+        for _, cache in self._caches.values():
+            cache.close()
+        self._caches.clear()
+
+
+def merge_caches(target: str | Path, sources: Iterable[str | Path]) -> int:
+    """Copy every score held in ``sources`` (per-shard cache files, each written by one shard only) into the cache
+    file ``target``, one transaction per source; scores ``target`` already holds are kept. Returns the rows added."""
+    added = 0
+    cache = ScoreCache(target, "")
+    try:
+        for source in sources:
+            before = cache.db.total_changes
+            cache.db.execute("ATTACH DATABASE ? AS shard", (str(source),))
+            try:
+                with cache.db:
+                    cache.db.execute("INSERT OR IGNORE INTO scores SELECT teacher, qid, qhash, docid, score FROM shard.scores")
+            finally:
+                cache.db.execute("DETACH DATABASE shard")
+            added += cache.db.total_changes - before
+    finally:
+        cache.close()
+    return added

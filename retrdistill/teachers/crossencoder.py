@@ -26,10 +26,18 @@ class CrossEncoderTeacher(Teacher):
         batch_size: int = 32
         max_length: int | None = 512
         rerank_depth: int = 100
+        backend: str = "torch"  # retrdistill.encoding.backends: a CPU fast path for scoring
+
+        def __post_init__(self) -> None:
+            from retrdistill.encoding.backends import BACKENDS
+
+            if self.backend not in BACKENDS:
+                raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
     # rerank_depth changes only retrieve(), not the scores the fingerprint covers (the eval system keys on it)
     output_neutral: ClassVar[tuple[str, ...]] = ("batch_size", "rerank_depth")
     example_options: ClassVar[dict[str, Any]] = {"model": "{tiny_cross_encoder}"}
+    example_variants: ClassVar[dict[str, Any]] = {"backend": "onnx-int8"}
     corpus: Corpus
     cache_dir: Path
 
@@ -38,14 +46,26 @@ class CrossEncoderTeacher(Teacher):
         self._row: dict[str, int] | None = None
 
     def fingerprint(self) -> dict:
-        return {"teacher": "cross-encoder", "model": model_fingerprint(self.options.model),
-                "max_length": self.options.max_length, "corpus": self.corpus.fingerprint}
+        """Model, max length and corpus; the backend only where it changes the scores (int8, bf16)."""
+        from retrdistill.encoding.backends import output_key
+
+        out = {"teacher": "cross-encoder", "model": model_fingerprint(self.options.model),
+               "max_length": self.options.max_length, "corpus": self.corpus.fingerprint}
+        changes = output_key(self.options.backend)
+        if changes is not None:
+            out["backend"] = changes
+        return out
 
     @property
     def model(self):
         if self._model is None:
             kwargs = {"max_length": self.options.max_length} if self.options.max_length else {}
-            self._model = load_cross_encoder(self.options.model, **kwargs)
+            if self.options.backend != "torch":
+                from retrdistill.encoding.backends import load_reranker
+
+                self._model = load_reranker(self.options.model, self.options.backend, **kwargs)
+            else:
+                self._model = load_cross_encoder(self.options.model, **kwargs)
         return self._model
 
     def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:

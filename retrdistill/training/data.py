@@ -37,17 +37,23 @@ class TrainingInputs:
 
     @functools.cached_property
     def corpus(self):
-        """The collection's corpus (opened once, on first use)."""
+        """The collection's corpus (opened once, on first use), overlaid with the generated passages the scores
+        carry (:mod:`retrdistill.llm.passages`; training only)."""
         from retrdistill.data.beir import open_collection
+        from retrdistill.llm.passages import with_generated
 
-        return open_collection(self.collection_dir, self.cache_dir / "corpora").corpus
+        corpus = open_collection(self.collection_dir, self.cache_dir / "corpora").corpus
+        return with_generated(corpus, self.manifest_dir or self.scores_dir)
 
     def scores_config(self) -> dict[str, Any]:
         """The config recorded in the scores' manifest (it names the teacher that scored the data)."""
         from retrdistill.artefacts import read_manifest
 
         manifest = read_manifest(self.manifest_dir or self.scores_dir)
-        return manifest.config if manifest else {}
+        if manifest is None:
+            return {}
+        # a select (or other derived scores) step records the scoring step's config as counts.scored_by
+        return manifest.counts.get("scored_by", manifest.config)
 
     def groups(self):
         """The scored groups of ``scores_dir`` (positives first), their teacher scores rescaled by

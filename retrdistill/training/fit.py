@@ -26,11 +26,14 @@ class FitSettings:
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 32
+    micro_batch_size: int | None = None  # rows per forward pass; gradients accumulated to batch_size (None: one pass)
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 13
     logging_steps: int = 10
+    checkpoint_steps: int = 0  # save a resumable checkpoint every N steps (0: none)
+    checkpoint_dir: Path | None = None  # where: kept across a killed run, resumed from by the next one
 
 
 @dataclass
@@ -69,11 +72,22 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
     import torch
 
     trainer_cls, args_cls = trainer_classes
+    world = world_size()
+    if settings.batch_size % world:
+        raise ConfigError(f"batch_size {settings.batch_size} is the global batch: it must divide evenly over the "
+                          f"{world} processes of this torchrun job")
+    per_device, accumulate = settings.batch_size // world, 1
+    if settings.micro_batch_size is not None and settings.micro_batch_size < per_device:
+        if per_device % settings.micro_batch_size:
+            raise ConfigError(f"micro_batch_size {settings.micro_batch_size} must divide the per-process batch "
+                              f"{per_device}")
+        per_device, accumulate = settings.micro_batch_size, per_device // settings.micro_batch_size
     arguments = dict(
         output_dir=str(work_dir),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=per_device,  # the same global batch on any number of processes
+        gradient_accumulation_steps=accumulate,
         learning_rate=settings.learning_rate,
         warmup_steps=float(settings.warmup_ratio),  # transformers 5 reads a float below 1 as a ratio of the steps
         weight_decay=settings.weight_decay,
@@ -87,6 +101,22 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
         use_cpu=not torch.cuda.is_available(),
         batch_sampler=batch_sampler,
     )
+    if world > 1 and not torch.cuda.is_available():
+        arguments["ddp_backend"] = "gloo"
+    resume = None
+    if settings.checkpoint_steps > 0 and validation is None:
+        if settings.checkpoint_dir is None:
+            raise ConfigError("checkpoint_steps needs a checkpoint folder")
+        arguments.update(output_dir=str(settings.checkpoint_dir), save_strategy="steps",
+                         save_steps=settings.checkpoint_steps, save_total_limit=2)  # the previous one survives a
+        resume = last_checkpoint(settings.checkpoint_dir)  # kill while the next is being written
+        if resume is not None:
+            log.info("train: resuming from %s", resume)
+    from retrdistill.encoding.prompts import column_prompts
+
+    prompts = column_prompts(model, list(getattr(dataset, "column_names", None) or []))
+    if prompts:  # the model's own query/passage prompts (E5), prepended by the trainer per column
+        arguments["prompts"] = prompts
     extra: dict[str, Any] = {}
     if validation is not None:
         strategy = "epoch" if validation.every == "epoch" else "steps"
@@ -107,16 +137,40 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
             validation.evaluator(model, epoch=0, steps=0)
             if validation.keep_dir is not None:
                 validation.save(model, validation.keep_dir / "step-0")
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank is done with the checkpoints before rank 0 removes them
     shutil.rmtree(work_dir, ignore_errors=True)
     history = [h for h in trainer.state.log_history if "loss" in h]
     counts = {"steps": int(result.global_step), "train_loss": float(result.training_loss),
               "first_logged_loss": history[0]["loss"] if history else None,
               "last_logged_loss": history[-1]["loss"] if history else None,
               "loss_curve": [[int(h["step"]), float(h["loss"])] for h in history]}
+    if world > 1:
+        counts["processes"] = world
+    if resume is not None:
+        counts["resumed_from_step"] = int(Path(resume).name.rpartition("-")[2])
     if validation is not None:
         counts["validation"] = validation_record(validation, trainer.state, int(result.global_step))
     return counts
+
+
+def world_size() -> int:
+    """How many processes train together (torchrun's ``WORLD_SIZE``; 1 outside torchrun)."""
+    import os
+
+    return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete trainer checkpoint in ``folder`` (``checkpoint-N`` whose ``trainer_state.json``, the
+    trainer's last write, exists: one cut short by a kill is passed over), None when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.name.rpartition("-")[2].isdigit()
+            and (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.rpartition("-")[2]))) if done else None
 
 
 def validation_record(validation: FitValidation, state, last_step: int) -> dict[str, Any]:

@@ -11,6 +11,10 @@ import hashlib
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def text_hash(text: str) -> str:

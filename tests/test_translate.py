@@ -325,3 +325,29 @@ def test_translate_distill_pipeline_on_a_small_slice(small_collection, tmp_path,
     assert all(0 <= r["metrics"]["ndcg@10"] <= 1 for r in rows.values())
     again = run_pipeline(load_pipeline(tmp_path / "p.yaml", base_dir=tmp_path))
     assert all(r.skipped for r in again)
+
+
+def test_llm_translator_through_a_real_small_model():
+    """The ``llm`` translator with the smallest real chat model (SmolLM2: the code path, not the quality)."""
+    import torch
+
+    from retrdistill import registry
+    from retrdistill.artefacts import fingerprint_obj
+    from retrdistill.errors import ConfigError
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 135M model on shared cores: one thread is many times faster
+    try:
+        options = {"llm_options": {"model": "offline:smollm2-135m-instruct"}, "max_new_tokens": 12}
+        translator = registry.build("translator", "llm", options)
+        out = translator.translate(["what is the capital of France", "  "])
+        assert out[1] == "  " and isinstance(out[0], str) and out[0].strip() and out[0] != "what is the capital of France"
+        assert translator.language_pair() == ("en", "pt")
+        other = registry.build("translator", "llm", {**options, "direction": "pt-en"})
+        query = registry.build("translator", "llm", {**options, "template": "translate-query"})
+        fps = {fingerprint_obj(t.fingerprint()) for t in (translator, other, query)}
+        assert len(fps) == 3  # direction and template are both in the fingerprint
+        with pytest.raises(ConfigError, match="must fill"):
+            registry.build("translator", "llm", {**options, "template": "negative"})
+    finally:
+        torch.set_num_threads(threads)

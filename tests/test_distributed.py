@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,13 +127,13 @@ def test_a_killed_train_step_resumes_from_its_last_checkpoint_with_the_weights_o
 
 
 
-def _flops_on_rank(rank: int, world: int, store: str, inputs, weight, out: str) -> None:
+def _flops_on_rank(rank: int, world: int, port: int, inputs, weight, out: str) -> None:
     import torch
     import torch.distributed as dist
 
     from retrdistill.training.distributed import flops
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         w = torch.tensor(weight, requires_grad=True)  # the model's parameter, the same on every rank
         rows = torch.relu(torch.tensor(inputs[rank::world]) @ w)  # this rank's part of the global batch
@@ -141,6 +142,7 @@ def _flops_on_rank(rank: int, world: int, store: str, inputs, weight, out: str) 
         grad = w.grad.clone()
         dist.all_reduce(grad)  # what DDP does to parameter gradients: the mean over the ranks
         torch.save({"value": float(value), "grad": grad / world}, f"{out}.{rank}")
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (an abort on a busy machine)
     finally:
         dist.destroy_process_group()
 
@@ -163,8 +165,10 @@ def test_the_splade_flops_term_and_its_gradient_do_not_change_with_the_number_of
     w_full = torch.tensor(weight, requires_grad=True)
     expected = _library_flops(torch.relu(torch.tensor(inputs) @ w_full))  # one process, the whole batch
     expected.backward()
-    mp.spawn(_flops_on_rank, args=(2, str(tmp_path / "store"), inputs, weight, str(tmp_path / "out")), nprocs=2,
-             join=True)
+    with socket.socket() as probe:  # a free loopback port for the two ranks' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_flops_on_rank, args=(2, port, inputs, weight, str(tmp_path / "out")), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(tmp_path / f"out.{rank}")
         assert abs(got["value"] - float(expected)) <= 1e-6 * float(expected)

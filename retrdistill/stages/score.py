@@ -20,7 +20,7 @@ from retrdistill.kinds import EXTRA_PASSAGES, ScoredGroup, count_rows, read_cand
 from retrdistill.llm.passages import passages_file, with_generated
 from retrdistill.shards import SHARD_HELP, parse_shard, shard_file, shard_rows, take_rows
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
-from retrdistill.teachers.cache import CachedScorer, ScoreCache
+from retrdistill.teachers.cache import CachedScorer, ScoreCache, score_through_cache
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +82,12 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
                     bar.update(len(batch))
                     batch.clear()
                     return
-                known = {g.qid: cache.get(g.qid, g.query, g.positives + g.negatives) for g in batch}
-                missing = {g.qid: [d for d in g.positives + g.negatives if d not in known[g.qid]] for g in batch}
-                missing = {q: docs for q, docs in missing.items() if docs}
-                if missing:
-                    texts = {g.qid: g.query for g in batch}
-                    fresh = teacher.score_groups(texts, missing)
-                    rows = [(q, texts[q], d, float(s)) for q, docs in missing.items() for d, s in zip(docs, fresh[q])]
-                    cache.put(rows)
-                    scored += len(rows)
-                    for q, docs in missing.items():
-                        known[q].update(cache.get(q, texts[q], docs))
+                whole = {g.qid: g.positives + g.negatives for g in batch}
+                known, fresh = score_through_cache(teacher, cache, {g.qid: g.query for g in batch}, whole)
+                scored += fresh
+                reused += sum(map(len, whole.values())) - fresh
                 for g in batch:
-                    docids = g.positives + g.negatives
-                    reused += sum(1 for d in docids if d not in missing.get(g.qid, ()))
+                    docids = whole[g.qid]
                     fh.write(scored_row(ScoredGroup(g.qid, g.query, docids, [known[g.qid][d] for d in docids],
                                                     len(g.positives), g.ranks, g.miner_scores)))
                 groups += len(batch)

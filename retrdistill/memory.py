@@ -4,7 +4,8 @@
 reset at the start of the block through ``/proc/self/clear_refs`` (so each step of one process gets its own
 peak), else the highest of the samples. ``peak_anon_mb`` is the highest anonymous resident memory (``RssAnon``:
 what the process allocated, as opposed to memory-mapped files, which the kernel can drop) sampled every 20 ms
-by a background thread. ``start_*`` are the values when the block began, so a step's own growth is visible.
+by a background thread; the kernel keeps no high-water mark for it, so a peak shorter than a few intervals, or
+one held while a C call keeps the GIL, can be missed. ``start_*`` are the values when the block began, so a step's own growth is visible.
 """
 
 from __future__ import annotations

@@ -271,14 +271,16 @@ def test_a_student_part_of_ones_own_trains_through_the_unchanged_stage(passages,
     assert not np.allclose(trained.encode(TEXTS), untrained.encode(TEXTS), atol=1e-4), "training must change it"
 
 
-def test_training_with_progress_off_prints_nothing(passages, scored, tmp_path, capfd, caplog, monkeypatch):
-    """transformers' PrinterCallback (its choice when progress bars are off) would print each log dict."""
+@pytest.mark.parametrize("bars", [False, True])
+def test_training_prints_nothing_to_stdout(bars, passages, scored, tmp_path, capfd, caplog, monkeypatch):
+    """transformers' PrinterCallback (its choice when progress bars are off) would print each log dict, and its
+    ProgressCallback (when they are on) writes each log dict to stdout under the bar."""
     import logging
 
     from retrdistill import progress
     from retrdistill.stages.train import TrainConfig, run_train
 
-    monkeypatch.setattr(progress, "_enabled", False)
+    monkeypatch.setattr(progress, "_enabled", bars)
     cache, scores = scored
     cfg = TrainConfig(options={"model": "offline:all-MiniLM-L6-v2", "max_seq_length": 64}, negatives_per_query=3,
                       max_steps=2, batch_size=4, seed=21)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from retrdistill import progress
 from retrdistill.errors import ConfigError
@@ -58,7 +58,8 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
     Inputs: any sentence-transformers trainer pair (``SentenceTransformerTrainer`` and its arguments,
     ``SparseEncoderTrainer``, ``CrossEncoderTrainer``); ``work_dir`` holds the trainer's scratch files and is
     removed afterwards. The trainer never prints: transformers' ``PrinterCallback`` (used when progress bars
-    are off) is replaced by one that logs through :mod:`logging`.
+    are off) is replaced by one that logs through :mod:`logging`, and its ``ProgressCallback`` keeps its bars
+    (stderr) but not the log dicts it writes to stdout.
 
     Output: counts ``steps``, ``train_loss`` (mean over the run), ``first_logged_loss``, ``last_logged_loss``
     and ``loss_curve`` (``[step, loss]`` every ``logging_steps``).
@@ -129,6 +130,8 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
     args = args_cls(**arguments)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss, **extra)
     trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnlyProgress())
     trainer.add_callback(LogCallback())
     if validation is not None:
         if validation.keep_dir is not None:
@@ -203,6 +206,14 @@ class KeepCheckpoints(TrainerCallback):
     def on_evaluate(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and model is not None:
             self.save(model, self.folder / f"step-{state.global_step}")
+
+
+class BarOnlyProgress(ProgressCallback):
+    """transformers' progress bars without their ``on_log``, which writes every log dict to stdout (logged by
+    :class:`LogCallback` instead)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return None
 
 
 class LogCallback(TrainerCallback):

@@ -129,6 +129,9 @@ def resolve_model(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.exists():
         return str(path.resolve())
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:  # a hub id is NAME or OWNER/NAME: this is a path
+        raise ConfigError(f"model {ref!r}: no such folder (resolved against {Path.cwd()}); a hub id is NAME or "
+                          f"OWNER/NAME, and a local model must exist (a train step's model is its folder's model/)")
     return ref
 
 

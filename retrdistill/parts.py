@@ -106,6 +106,37 @@ class QuerySource(Part):
         """What the last :meth:`generate` kept and dropped (recorded in the manifest); none by default."""
         return {}
 
+    # a cheap source whose generate always gives the same output: a shard generates it all and keeps its slice
+    deterministic: ClassVar[bool] = False
+
+    def shard(self, collection, shard) -> Any:  # shard: retrdistill.shards.Shard -> TrainingQueries
+        """Shard ``I/N``'s part of :meth:`generate`'s output, such that :meth:`combine` of the N parts in shard
+        order gives that output exactly. By default a :attr:`deterministic` source generates everything and
+        keeps the shard's contiguous range of queries; a source whose work is worth splitting overrides this;
+        any other source refuses."""
+        from retrdistill.data.pseudo_queries import TrainingQueries
+        from retrdistill.errors import ConfigError
+
+        if not self.deterministic:
+            raise ConfigError(f"query source {type(self).__name__}: cannot be sharded (its output is not known to "
+                              f"be the same run after run, so shards would not add up); run it without shard")
+        train = self.generate(collection)
+        rows = shard.rows(len(train.queries))
+        qids = list(train.queries)[rows.start:rows.stop]
+        return TrainingQueries({q: train.queries[q] for q in qids}, {q: train.positives[q] for q in qids})
+
+    def combine(self, collection, parts: list[Any]) -> Any:  # -> TrainingQueries
+        """The N parts written by :meth:`shard`, in shard order, as :meth:`generate` writes them (concatenated
+        here; a source with whole-set rules, e.g. deduplication, applies them). ``collection`` may be None
+        where the merge was given none; a source that needs it says so."""
+        from retrdistill.data.pseudo_queries import TrainingQueries
+
+        queries, positives = {}, {}
+        for part in parts:
+            queries.update(part.queries)
+            positives.update(part.positives)
+        return TrainingQueries(queries, positives)
+
 
 class Miner(Part):
     """Ranks the corpus for each training query (feeds artefact kind ``candidates``)."""
@@ -148,6 +179,29 @@ class Teacher(Part):
     def combine(self, member_scores: list[dict[str, np.ndarray]], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
         """This teacher's scores of ``groups`` from its members' (one dict per member, in :meth:`members` order)."""
         raise NotImplementedError(f"{type(self).__name__} combines no members")
+
+
+class PairTeacher(Teacher):
+    """A teacher that reads each (query, passage text) pair whole (a cross-encoder, an LLM judge): it provides
+    :meth:`score_pairs`; the groups' passage texts are looked up in the corpus here, once per call."""
+
+    _row: Any = None  # doc id -> corpus row, opened on first use
+
+    @abstractmethod
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """One score per ``(query text, passage text)`` pair, in order."""
+
+    def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        if self._row is None:
+            self._row = self.corpus.row_index()
+        pairs: list[tuple[str, str]] = []
+        spans = {}
+        for qid, docs in groups.items():
+            texts = self.corpus.texts_at([self._row[d] for d in docs])
+            spans[qid] = (len(pairs), len(pairs) + len(docs))
+            pairs.extend((queries[qid], t) for t in texts)
+        scores = self.score_pairs(pairs)
+        return {qid: scores[a:b] for qid, (a, b) in spans.items()}
 
 
 class Loss(Part):
@@ -306,6 +360,16 @@ class Indexer(Part):
                     max_seq_length: int | None = None) -> BuiltIndex:
         """An exact index of another ``corpus`` than the saved one, encoded as this indexer encodes, from the
         shared caches under ``cache_dir`` (an index evaluated on another dataset)."""
+
+    def search_for_merge(self, index: Any, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with the scores its order was decided on (a sharded index merges its shards' lists on
+        them); the same as :meth:`search` unless an indexer ranks on wider floats than it returns."""
+        return self.search(index, queries, k)
+
+    def encoding_block(self) -> int | None:
+        """Passages encoded in one call: a sharded index step cuts the corpus in whole blocks of this many, so
+        every passage is encoded as in the unsharded run. None: this indexer cannot be sharded."""
+        return None
 
     def search_cost(self, index: Any, queries: Any) -> dict[str, float]:
         """Cost measures of searching ``queries`` beyond time (sparse: terms and FLOPs per query); none here."""

@@ -48,6 +48,8 @@ class InverseClozeGenerator(QuerySource):
             if not 1 <= self.min_words <= self.max_words:
                 raise ValueError("need 1 <= min_words <= max_words")
 
+    deterministic = True  # a shard generates everything (cheap) and keeps its slice
+
     def fingerprint(self) -> dict[str, Any]:
         return {"source": "inverse-cloze", "options": asdict(self.options)}
 
@@ -97,6 +99,7 @@ class SplitQueries(QuerySource):
         seed: int = 13
 
     example_variants: ClassVar[dict[str, Any]] = {"split": "test"}
+    deterministic = True  # a shard reads everything (cheap) and keeps its slice
 
     def fingerprint(self) -> dict[str, Any]:
         """The split's files are the collection's, fingerprinted by the queries stage."""
@@ -124,6 +127,7 @@ class FileQueries(QuerySource):
             if not self.queries or not self.qrels:
                 raise ValueError("both 'queries' (a JSONL path) and 'qrels' (a TSV path) are required")
 
+    deterministic = True  # a shard reads everything (cheap) and keeps its slice
     example_options: ClassVar[dict[str, Any]] = {"queries": "{small_collection}/queries.jsonl",
                                                  "qrels": "{small_collection}/qrels/test.tsv"}
     example_variants: ClassVar[dict[str, Any]] = {"queries": "{sample_dir}/queries.jsonl",

@@ -12,12 +12,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from retrdistill.data.beir import Corpus
-from retrdistill.encoding.engine import score_pairs
+from retrdistill.encoding.engine import score_pairs as score_with_model
 from retrdistill.models import load_cross_encoder, model_fingerprint
-from retrdistill.parts import Run, Teacher
+from retrdistill.parts import PairTeacher, Run
 
 
-class CrossEncoderTeacher(Teacher):
+class CrossEncoderTeacher(PairTeacher):
     """Context: ``corpus`` (the passages scored) and ``cache_dir`` (the BM25 index it re-ranks as a retriever)."""
 
     @dataclass
@@ -43,7 +43,6 @@ class CrossEncoderTeacher(Teacher):
 
     def setup(self) -> None:
         self._model = None
-        self._row: dict[str, int] | None = None
 
     def fingerprint(self) -> dict:
         """Model, max length and corpus; the backend only where it changes the scores (int8, bf16)."""
@@ -68,17 +67,8 @@ class CrossEncoderTeacher(Teacher):
                 self._model = load_cross_encoder(self.options.model, **kwargs)
         return self._model
 
-    def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
-        if self._row is None:
-            self._row = self.corpus.row_index()
-        pairs: list[tuple[str, str]] = []
-        spans = {}
-        for qid, docs in groups.items():
-            texts = self.corpus.texts_at([self._row[d] for d in docs])
-            spans[qid] = (len(pairs), len(pairs) + len(docs))
-            pairs.extend((queries[qid], t) for t in texts)
-        scores = score_pairs(self.model, pairs, batch_size=self.options.batch_size)
-        return {qid: scores[a:b] for qid, (a, b) in spans.items()}
+    def score_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        return score_with_model(self.model, pairs, batch_size=self.options.batch_size)
 
     def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
         if first_stage is None:

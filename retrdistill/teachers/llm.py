@@ -36,7 +36,7 @@ from retrdistill import progress
 from retrdistill.data.beir import Corpus
 from retrdistill.errors import ConfigError
 from retrdistill.models import gguf_file, model_fingerprint, resolve_model
-from retrdistill.parts import Run, Teacher
+from retrdistill.parts import PairTeacher, Run
 
 log = logging.getLogger(__name__)
 SCORES = ("logit-diff", "p-yes")
@@ -64,7 +64,7 @@ class AnswerLogitScore(LogitScore):
         return features
 
 
-class LLMTeacher(Teacher):
+class LLMTeacher(PairTeacher):
     """Context: ``corpus`` (the passages judged) and ``cache_dir`` (the BM25 index it re-ranks as a retriever)."""
 
     @dataclass
@@ -117,7 +117,6 @@ class LLMTeacher(Teacher):
                               f"{{query}} and {{passage}}")
         self._model = None
         self._chat = False
-        self._row: dict[str, int] | None = None
         self.pairs_scored = 0
 
     def fingerprint(self) -> dict:
@@ -253,17 +252,6 @@ class LLMTeacher(Teacher):
             out = 1.0 / (1.0 + np.exp(-out))
         return out.astype(np.float32)
 
-    def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
-        if self._row is None:
-            self._row = self.corpus.row_index()
-        pairs: list[tuple[str, str]] = []
-        spans = {}
-        for qid, docs in groups.items():
-            texts = self.corpus.texts_at([self._row[d] for d in docs])
-            spans[qid] = (len(pairs), len(pairs) + len(docs))
-            pairs.extend((queries[qid], t) for t in texts)
-        scores = self.score_pairs(pairs)
-        return {qid: scores[a:b] for qid, (a, b) in spans.items()}
 
     def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
         """BM25's top ``rerank_depth`` (or ``first_stage``'s) re-ranked by the judge."""

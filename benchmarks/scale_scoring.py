@@ -29,6 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _max_difference(a: bytes, b: bytes) -> float:
+    """The largest absolute difference between two scores.jsonl files' scores (same queries, same order)."""
+    rows_a = [json.loads(line) for line in a.decode("utf-8").splitlines()]
+    rows_b = [json.loads(line) for line in b.decode("utf-8").splitlines()]
+    if [r["docids"] for r in rows_a] != [r["docids"] for r in rows_b]:
+        raise SystemExit("merged scores hold other candidates than the one-worker run's")
+    return max((abs(x - y) for ra, rb in zip(rows_a, rows_b) for x, y in zip(ra["scores"], rb["scores"])),
+               default=0.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--collection", type=Path, default=ROOT / "data" / "msmarco-dl-5k")
@@ -53,6 +63,7 @@ def main() -> None:
            "TOKENIZERS_PARALLELISM": "false"}
     options = ["-o", f"model={args.model}", "-o", "encode_corpus=false", "-o", "max_seq_length=128"]
     runs, reference = [], None
+    by_threads: dict[int, bytes] = {}  # threads per worker -> the first merged scores at that count
     for n in [int(x) for x in args.workers.split(",")]:
         run_dir = work / f"workers-{n}"
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -75,10 +86,14 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)
         merged = (run_dir / "scores" / "scores.jsonl").read_bytes()
         reference = reference if reference is not None else merged
+        same_threads = by_threads.setdefault(threads, merged)
         pairs = read_manifest(run_dir / "scores").counts["pairs_scored"]
         runs.append({"workers": n, "threads_per_worker": threads, "wall_seconds": round(seconds, 2),
                      "pairs": pairs, "pairs_per_second": round(pairs / seconds, 1),
-                     "merged_equals_one_worker": merged == reference})
+                     "merged_equals_one_worker": merged == reference,
+                     # torch's float sums depend on its thread count, not on the sharding: compare like with like
+                     "merged_equals_first_run_at_same_threads": merged == same_threads,
+                     "max_abs_difference_vs_one_worker": _max_difference(merged, reference)})
         print(json.dumps(runs[-1]), flush=True)
     base = runs[0]["pairs_per_second"]
     for r in runs:
@@ -88,7 +103,9 @@ def main() -> None:
         "cpu_count": cores, "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
         "machine": platform.machine(), "runs": runs,
         "note": "each worker is a separate process loading the model itself; timed from the first start to the "
-                "last exit, so start-up is included; a shared machine's load makes ratios noisy",
+                "last exit, so start-up is included; a shared machine's load makes ratios noisy. Runs with the "
+                "same threads per worker give byte-identical merged scores; across thread counts torch's sums "
+                "differ in the last float bits (max_abs_difference_vs_one_worker)",
     })
     print(f"wrote {args.out}")
 

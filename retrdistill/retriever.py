@@ -5,7 +5,9 @@
     hits = retriever.search("what is a synapse", k=5)   # [Hit(doc_id, score, text), ...]
 
 Dense (FAISS) and sparse (inverted) index folders load the same way: the indexer named in ``index.json`` loads
-its model (a ``SentenceTransformer`` or a ``SparseEncoder``), encodes the queries and searches its index.
+its model (a ``SentenceTransformer`` or a ``SparseEncoder``), encodes the queries and searches its index; a
+sharded index (the merge of an index step's shards) searches every shard and merges their top-k
+(:mod:`retrdistill.indexers.sharded`).
 ``Retriever.load(folder, backend="onnx")`` encodes the queries on a CPU fast path of
 :mod:`retrdistill.encoding.backends` (by default: the backend the index was built with).
 """
@@ -60,6 +62,10 @@ class Retriever:
             raise ManifestError(f"{folder}: not a finished retrdistill index (no index manifest); run `retrdistill index`")
         info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
         indexer = registry.build("indexer", info["indexer"], info.get("options") or {})
+        if info.get("shards"):  # the merged shards of a sharded index step, searched as one index
+            from retrdistill.indexers.sharded import ShardedIndexer
+
+            indexer = ShardedIndexer(indexer)
         index = indexer.load(folder)
         doc_ids = (folder / "docids.txt").read_text(encoding="utf-8").splitlines()
         model = indexer.load_model(resolve_reference(info["model"], folder), max_seq_length=info.get("max_seq_length"),

@@ -1,8 +1,9 @@
 """Shards: one stage split into N pieces that any scheduler can run (a Slurm array, Kubernetes jobs, Ray tasks).
 
 Shard ``I/N`` (0-based ``I``) of a row-parallel stage takes a contiguous range of the stage's input rows (the
-candidate groups of a score step, the training queries of a mine step): with the rows cut into blocks of the
-stage's batch (``batch_queries``), blocks ``[B*I//N, B*(I+1)//N)`` of the ``B`` blocks. Contiguous ranges rather
+candidate groups of a score step, the training queries of a mine step, the passages of an index step): with the
+rows cut into blocks of the stage's batch (``batch_queries``; for an index, the indexer's encoding block,
+``shard_size`` passages), blocks ``[B*I//N, B*(I+1)//N)`` of the ``B`` blocks. Contiguous ranges rather
 than a hash of the id: the shards are balanced to one block, each reads only its slice, and the merge is a
 concatenation in shard order, streamed, with no sort and no memory that grows with the data. Whole batches:
 every model call of a shard gets exactly the rows it gets in the unsharded run (a batched model's floats depend
@@ -73,6 +74,22 @@ def shard_rows(shard: Shard | None, total: int, unit: int = 1) -> range:
 def take_rows(rows: Iterable[T], wanted: range) -> Iterator[T]:
     """The items of ``rows`` (a stream) at the positions in ``wanted`` (a contiguous range)."""
     return itertools.islice(rows, wanted.start, wanted.stop)
+
+
+def corpus_slice(corpus, rows: range):
+    """The passages at ``rows`` (contiguous) of ``corpus`` as a corpus of their own: a zero-copy view of the same
+    memory-mapped Arrow table, fingerprinted as that slice (so encoding caches keep the slice apart from the
+    whole), row 0 being ``rows.start`` of the whole."""
+    import dataclasses
+
+    from retrdistill.artefacts import fingerprint_obj
+
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= len(corpus):
+        raise ValueError(f"corpus_slice: {rows} is not a contiguous range of the corpus's {len(corpus)} rows")
+    if rows.start == 0 and rows.stop == len(corpus):
+        return corpus
+    fingerprint = fingerprint_obj({"corpus": corpus.fingerprint, "rows": [rows.start, rows.stop]})
+    return dataclasses.replace(corpus, fingerprint=fingerprint, dataset=corpus.dataset.select(rows), _rows=None)
 
 
 def shard_file(path: str | Path, shard: Shard | None) -> Path:

@@ -237,9 +237,12 @@ def test_shards_on_a_stage_that_cannot_be_sharded_is_an_error_naming_the_line(sm
         steps:
           - id: q
             stage: queries
+          - id: t
+            stage: train
+            scores: "@q"
             shards: 2
         """))
-    with pytest.raises(ConfigError, match=r"line 6: step 'q' \(queries\): this stage cannot be sharded; "
+    with pytest.raises(ConfigError, match=r"line 9: step 't' \(train\): this stage cannot be sharded; "
                                           r"stages that can: .*score"):
         load_pipeline(path)
 

@@ -23,7 +23,23 @@ def id_hash(doc_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
-class RowLookup:
+class RowMapping:
+    """The read-only mapping methods of a ``doc id -> row`` lookup, from its ``get``."""
+
+    def get(self, doc_id: str, default: int | None = None) -> int | None:
+        raise NotImplementedError
+
+    def __getitem__(self, doc_id: str) -> int:
+        row = self.get(doc_id)
+        if row is None:
+            raise KeyError(doc_id)
+        return row
+
+    def __contains__(self, doc_id: object) -> bool:
+        return isinstance(doc_id, str) and self.get(doc_id) is not None
+
+
+class RowLookup(RowMapping):
     """Read-only ``doc id -> row`` over a corpus's Arrow ``_id`` column (see the module docstring)."""
 
     def __init__(self, table: np.ndarray, ids) -> None:
@@ -66,15 +82,6 @@ class RowLookup:
                 return row
             i += 1
         return default
-
-    def __getitem__(self, doc_id: str) -> int:
-        row = self.get(doc_id)
-        if row is None:
-            raise KeyError(doc_id)
-        return row
-
-    def __contains__(self, doc_id: object) -> bool:
-        return isinstance(doc_id, str) and self.get(doc_id) is not None
 
     def __iter__(self) -> Iterator[str]:
         for chunk in self._ids.chunks:

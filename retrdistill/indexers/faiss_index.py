@@ -5,6 +5,10 @@ The corpus is encoded through the shared, resumable embedding cache (:func:`retr
 corpus_embeddings`), so a model encodes a corpus once for mining, scoring, indexing and evaluation. Embeddings
 are added in chunks from a memory map, so building never copies the whole matrix into Python lists. Inner
 product is the metric: embeddings of cosine models are normalised before they get here.
+
+Search results are in a canonical order: best score first, equal scores by corpus row (faiss itself returns a
+tie group in heap order and, at the k-th place, keeps an arbitrary part of it); so the top-k of an exact index is
+one well-defined list, which a sharded index (:mod:`retrdistill.indexers.sharded`) reproduces exactly.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from retrdistill.parts import BuiltIndex, Indexer
 log = logging.getLogger(__name__)
 _ADD_CHUNK = 65_536
 _SEARCH_BATCH = 1024
+_GPU_MAX_K = 2048  # the most results faiss's GPU indexes return per query
 
 
 def gpu_available() -> bool:
@@ -37,17 +42,23 @@ class FaissIndexer(Indexer):
     """Common build / save / load / search for the FAISS index families; the index is ``index.faiss``.
 
     ``use_gpu`` decides only where a loaded index is searched (the saved file is the same), so it is output-neutral.
+    ``shard_size``: passages encoded per call and checkpointed at once (the embedding cache's encoding shard); a
+    sharded index step (``shard: I/N``) splits the corpus in whole blocks of it, so every passage is encoded in the
+    same call, hence to the same bits, as in the unsharded run.
     """
 
     @dataclass
     class Options:
         use_gpu: str = "auto"  # auto | always | never
+        shard_size: int = 4096
 
         def __post_init__(self) -> None:
             if self.use_gpu not in ("auto", "always", "never"):
                 raise ValueError("use_gpu must be one of: auto, always, never")
+            if self.shard_size < 1:
+                raise ValueError(f"shard_size must be a positive number of passages, got {self.shard_size}")
 
-    output_neutral: ClassVar[tuple[str, ...]] = ("use_gpu",)
+    output_neutral: ClassVar[tuple[str, ...]] = ("use_gpu", "shard_size")
     example_variants: ClassVar[dict[str, str]] = {"use_gpu": "never"}
 
     @abstractmethod
@@ -73,18 +84,23 @@ class FaissIndexer(Indexer):
                     max_seq_length: int | None = None) -> BuiltIndex:
         """A flat (exact) index of ``corpus``'s cached embeddings, on the device :meth:`to_device` picks."""
         store = self._embeddings(model, corpus, model_ref, cache_dir, 64, max_seq_length)
-        flat = FlatIndexer(FaissIndexer.Options(use_gpu=self.options.use_gpu))
+        flat = FlatIndexer(FaissIndexer.Options(use_gpu=self.options.use_gpu, shard_size=self.options.shard_size))
         return BuiltIndex(flat.to_device(flat.build(store.embeddings)),
                           {"normalized": store.normalized, "dim": int(store.embeddings.shape[1]),
                            "index_bytes": int(store.embeddings.nbytes)})
 
-    @staticmethod
-    def _embeddings(model, corpus, model_ref: str, cache_dir: Path, batch_size: int, max_seq_length: int | None):
+    def _embeddings(self, model, corpus, model_ref: str, cache_dir: Path, batch_size: int,
+                    max_seq_length: int | None):
         """The corpus's embeddings by ``model``, on its backend (the cache keys on it where it changes output)."""
         from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings
 
-        settings = EncodeSettings(batch_size=batch_size, max_seq_length=max_seq_length)
+        settings = EncodeSettings(batch_size=batch_size, max_seq_length=max_seq_length,
+                                  shard_size=self.options.shard_size)
         return corpus_embeddings(model_ref, corpus, cache_dir, settings, model=model)
+
+    def encoding_block(self) -> int:
+        """Passages encoded in one call: a sharded index step cuts the corpus in whole blocks of this many."""
+        return self.options.shard_size
 
     def encode_queries(self, model, texts: list[str], info: dict[str, Any]) -> np.ndarray:
         from retrdistill.encoding.engine import encode_texts
@@ -134,12 +150,13 @@ class FaissIndexer(Indexer):
 
     def search(self, index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores, rows)`` for each query row (float32 ``(m, dim)``), ``_SEARCH_BATCH`` rows at a
-        time; rows of -1 where fewer than ``k`` exist."""
+        time, best first and equal scores by row; rows of -1 where fewer than ``k`` exist."""
         k = min(k, index.ntotal)
         scores = np.empty((len(queries), k), dtype=np.float32)
         rows = np.empty((len(queries), k), dtype=np.int64)
         for start in range(0, len(queries), _SEARCH_BATCH):
-            s, i = index.search(np.ascontiguousarray(queries[start:start + _SEARCH_BATCH], dtype=np.float32), k)
+            block = np.ascontiguousarray(queries[start:start + _SEARCH_BATCH], dtype=np.float32)
+            s, i = _top_k_by_row(index, block, k)
             scores[start:start + len(s)] = s
             rows[start:start + len(i)] = i
         return scores, rows
@@ -212,6 +229,32 @@ class HNSWIndexer(FaissIndexer):
         return index
 
 
+def _on_gpu(index) -> bool:
+    """Whether ``index`` is one of faiss's GPU indexes (``GpuIndexFlatIP``, ...: what ``index_cpu_to_gpu`` makes)."""
+    return "Gpu" in type(index).__name__
+
+
+def _top_k_by_row(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's top ``k``, with ties broken by row: asked for more than ``k`` while the score at the k-th place
+    continues to the end of the list faiss returned (so the whole tie group is in hand), then sorted by
+    (found first, score descending, row ascending). The same queries in every call, so faiss computes every
+    score along the same path (its BLAS path depends on the number of queries), whatever the k."""
+    if k == 0:
+        return np.zeros((len(queries), 0), dtype=np.float32), np.zeros((len(queries), 0), dtype=np.int64)
+    most = min(index.ntotal, _GPU_MAX_K) if _on_gpu(index) else index.ntotal
+    wanted = min(k + 1, most)
+    while True:
+        scores, rows = index.search(queries, wanted)
+        if wanted >= most:
+            break
+        open_end = (scores[:, -1] == scores[:, k - 1]) & (rows[:, -1] >= 0)
+        if not open_end.any():
+            break
+        wanted = min(2 * wanted, most)
+    order = np.lexsort((rows, -scores, rows < 0), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, axis=-1), np.take_along_axis(rows, order, axis=-1)
+
+
 def save_index(index, path: str | Path) -> None:
     """``index`` written to the file ``path`` (a GPU index is copied to the CPU first), atomically.
 
@@ -220,7 +263,7 @@ def save_index(index, path: str | Path) -> None:
 
     from retrdistill.artefacts import atomic_path
 
-    if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+    if hasattr(faiss, "index_gpu_to_cpu") and _on_gpu(index):
         index = faiss.index_gpu_to_cpu(index)
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))

@@ -118,12 +118,62 @@ class LLMQueries(QuerySource):
         return dict(self._counts)
 
     def generate(self, collection: Collection) -> TrainingQueries:
+        train, dropped, counts = self._written_and_kept(self._passages(collection), collection)
+        train, dropped["duplicate"] = self._dedup(train)
+        if self.options.filter_teacher is not None:
+            train, dropped["teacher_filter"] = self._filter(train, collection)
+        self._counts = {**counts, "kept": len(train.queries), **{f"dropped_{k}": v for k, v in dropped.items()}}
+        log.info("llm queries: %s", self._counts)
+        return train
+
+    def shard(self, collection: Collection, shard) -> TrainingQueries:
+        """Shard ``I/N``: the queries of its contiguous part of the sampled passages, cut in whole batches of the
+        client's ``batch_size`` (so every LLM call gets the prompts it gets unsharded), after the rules that judge
+        one query alone; :meth:`combine` applies deduplication and the teacher filter to the whole."""
+        passage_of = self._passages(collection)
+        ids = list(passage_of)
+        rows = shard.rows(len(ids), unit=max(1, self.client.batch_size()))
+        mine = {doc_id: passage_of[doc_id] for doc_id in ids[rows.start:rows.stop]}
+        train, dropped, counts = self._written_and_kept(mine, collection)
+        self._counts = {**counts, "kept": len(train.queries), **{f"dropped_{k}": v for k, v in dropped.items()},
+                        "dropped_duplicate": 0}
+        return train
+
+    def combine(self, collection: Collection | None, parts: list[TrainingQueries]) -> TrainingQueries:
+        """The shards' queries in the unsharded order (sample by sample, passages in shard order), deduplicated
+        and filtered as :meth:`generate` does; ``counts`` then holds what these whole-set rules dropped."""
+        samples = self.options.queries_per_passage
+
+        def sample_of(qid: str) -> int:
+            return int(qid.rsplit("-", 1)[1]) if samples > 1 else 0
+
+        queries, positives = {}, {}
+        for sample in range(samples):
+            for part in parts:
+                for qid, text in part.queries.items():
+                    if sample_of(qid) == sample:
+                        queries[qid], positives[qid] = text, part.positives[qid]
+        train, duplicates = self._dedup(TrainingQueries(queries, positives))
+        self._counts = {"dropped_duplicate": duplicates}
+        if self.options.filter_teacher is not None:
+            if collection is None:
+                from retrdistill.errors import ConfigError
+
+                raise ConfigError("merging llm query shards with a filter_teacher needs the collection (the teacher "
+                                  "filters against its corpus): merge them in a pipeline (shards: N) or pass "
+                                  "collection_dir to run_merge")
+            train, self._counts["dropped_teacher_filter"] = self._filter(train, collection)
+        self._counts["kept"] = len(train.queries)
+        return train
+
+    def _passages(self, collection: Collection) -> dict[str, dict[str, str]]:
+        """The sampled passages, in sample order, each with the values its prompt is filled with."""
         opts = self.options
         corpus = collection.corpus
         rng = random.Random(opts.seed)
         # a few more passages than asked, in sample order, so passages too short to ask about can be skipped
         rows = rng.sample(range(len(corpus)), min(len(corpus), opts.num_passages * 2))
-        items, passage_of = [], {}
+        passage_of: dict[str, dict[str, str]] = {}
         types = "query_type" in self.template.fields
         for start in range(0, len(rows), 1024):
             if len(passage_of) >= opts.num_passages:
@@ -138,8 +188,22 @@ class LLMQueries(QuerySource):
                 passage_of[doc_id] = values
                 if len(passage_of) >= opts.num_passages:
                     break
+        return passage_of
+
+    def _written_and_kept(self, passage_of: dict[str, dict[str, str]],
+                          collection: Collection) -> tuple[TrainingQueries, dict[str, int], dict[str, int]]:
+        """Queries written for ``passage_of`` and kept by the rules judging one query alone; what each rule
+        dropped; the generation counts."""
+        written, generated, reused = self._write(passage_of)
+        train, dropped = self._keep(written, collection)
+        return train, dropped, {"passages": len(passage_of), "generated": generated,
+                                "generations_from_cache": reused, "written": len(written)}
+
+    def _write(self, passage_of: dict[str, dict[str, str]]) -> tuple[list[tuple[str, str, str]], int, int]:
+        """(query id, doc id, completion) per passage and sample, sample by sample; new and cached counts."""
+        opts = self.options
         cache = GenerationCache(self.cache_dir / "llm-generations")
-        written: list[tuple[str, str, str]] = []  # (query id, doc id, completion)
+        written: list[tuple[str, str, str]] = []
         generated = reused = 0
         for sample in range(opts.queries_per_passage):
             items = [(doc_id, values) for doc_id, values in passage_of.items()]
@@ -149,35 +213,40 @@ class LLMQueries(QuerySource):
             reused += out.from_cache
             suffix = f"-{sample}" if opts.queries_per_passage > 1 else ""
             written += [(f"llm-{doc_id}{suffix}", doc_id, out.texts[doc_id]) for doc_id in passage_of]
-        train, dropped = self._keep(written, collection)
-        if opts.filter_teacher is not None:
-            train, dropped["teacher_filter"] = self._filter(train, collection)
-        self._counts = {"passages": len(passage_of), "generated": generated, "generations_from_cache": reused,
-                        "written": len(written), "kept": len(train.queries),
-                        **{f"dropped_{k}": v for k, v in dropped.items()}}
-        log.info("llm queries: %s", self._counts)
-        return train
+        return written, generated, reused
 
     def _keep(self, written: list[tuple[str, str, str]], collection: Collection) -> tuple[TrainingQueries, dict]:
+        """The cleaned completions that pass the rules judging one query alone (empty, length, a collection
+        query); what each rule dropped."""
         opts = self.options
         taken = {normalise(t) for t in collection.queries.values()}
-        seen: set[str] = set()
-        dropped = {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0, "collection_query": 0}
+        dropped = {"empty": 0, "too_short": 0, "too_long": 0, "collection_query": 0}
         queries, positives = {}, {}
         for qid, doc_id, completion in written:
             query = clean_query(completion)
             words = len(_WORD.findall(query))
             key = normalise(query)
             reason = ("empty" if not key else "too_short" if words < opts.min_words
-                      else "too_long" if words > opts.max_words else "collection_query" if key in taken
-                      else "duplicate" if key in seen else None)
+                      else "too_long" if words > opts.max_words else "collection_query" if key in taken else None)
             if reason:
                 dropped[reason] += 1
                 continue
-            seen.add(key)
             queries[qid] = query
             positives[qid] = {doc_id: 1}
         return TrainingQueries(queries, positives), dropped
+
+    @staticmethod
+    def _dedup(train: TrainingQueries) -> tuple[TrainingQueries, int]:
+        """The first query of each normalised text kept, later duplicates dropped; how many were dropped."""
+        seen: set[str] = set()
+        keep = []
+        for qid, query in train.queries.items():
+            key = normalise(query)
+            if key not in seen:
+                seen.add(key)
+                keep.append(qid)
+        return (TrainingQueries({q: train.queries[q] for q in keep}, {q: train.positives[q] for q in keep}),
+                len(train.queries) - len(keep))
 
     def _filter(self, train: TrainingQueries, collection: Collection) -> tuple[TrainingQueries, int]:
         """Keep the queries whose passage the filter teacher ranks in its top ``filter_top_k``."""

@@ -3,10 +3,16 @@
 Writes ``runs/<system>.trec`` (TREC format), ``results.json`` (means, per-query values, counts, cost), the
 leaderboard as ``leaderboard.json`` / ``leaderboard.md`` / ``leaderboard.html``, and the manifest last.
 Queries that have no judgments are reported, not silently dropped (see retrdistill.evaluation.metrics).
+
+With ``shard: I/N`` every system runs on a contiguous slice of the judged queries (in the collection's order;
+a ``run`` system keeps its file's rows for them, a fusion fuses its parts' sliced runs) and the shard's metrics
+cover its slice; ``retrdistill merge`` (:func:`merge_eval_shards`) concatenates each system's runs and computes
+metrics, significance tests and the leaderboard over all queries, as the unsharded step does.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -16,7 +22,8 @@ from typing import Any
 from retrdistill import progress, registry
 from retrdistill.artefacts import Manifest, write_json_atomic
 from retrdistill.data.beir import open_collection
-from retrdistill.errors import ConfigError
+from retrdistill.errors import ConfigError, ManifestError
+from retrdistill.shards import SHARD_HELP, parse_shard, shard_rows
 from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ class EvalConfig:
     datasets: list[str] = field(default_factory=list, metadata={
         "help": "Instead of --collection: a folder of BEIR-format collections (or one collection). "
                 "Writes OUT/datasets/<name>/ per dataset and OUT/leaderboard/ with per-dataset and mean rows."})
+    shard: str = field(default="", metadata={"help": SHARD_HELP, "omit_default": True})
 
     def __post_init__(self) -> None:
         from retrdistill.evaluation.metrics import validate_metrics
@@ -74,6 +82,8 @@ class EvalConfig:
             raise ConfigError(f"eval baseline {self.baseline!r} is not one of the systems: {', '.join(names)}")
         if self.stat_test not in ("fisher", "student"):
             raise ConfigError("stat_test must be 'fisher' or 'student'")
+        if parse_shard(self.shard) is not None and self.datasets:
+            raise ConfigError("eval: shard with datasets is not supported; shard one collection's eval instead")
 
     def specs(self) -> list[SystemSpec]:
         return [SystemSpec(s["name"], s["type"], dict(s.get("options") or {})) for s in self.systems]
@@ -96,8 +106,6 @@ def run_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *
 
 
 def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path) -> Work:
-    from retrdistill.evaluation import leaderboard as lb
-    from retrdistill.evaluation.compare import compare_results
     from retrdistill.evaluation.metrics import evaluate
     from retrdistill.evaluation.runs import write_trec_run
 
@@ -114,6 +122,15 @@ def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Pat
         qrels, qrels_report = collection.qrels(cfg.split, check_corpus=True)
         queries = {q: collection.queries[q] for q in collection.queries}
         judged = {q: t for q, t in queries.items() if q in qrels}
+        shard = parse_shard(cfg.shard)
+        if shard is not None:  # a contiguous slice of the judged queries, scored on its own judgments
+            qids = list(judged)
+            take = shard_rows(shard, len(qids))
+            if not take:
+                raise ConfigError(f"eval shard {shard.label}: no queries (the split has {len(qids)} judged "
+                                  f"queries); use at most {len(qids)} shards")
+            judged = {q: judged[q] for q in qids[take.start:take.stop]}
+            qrels = {q: qrels[q] for q in judged}
         corpus = collection.corpus
         results, rows = {}, {}
         bar = progress.bar(len(specs), "eval systems", "system")
@@ -125,38 +142,104 @@ def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Pat
             rows[spec.name] = out
             bar.update()
         bar.close()
-        board = lb.Leaderboard(title=f"retrdistill — {dataset} ({cfg.split})", baseline=cfg.baseline,
-                               metric_order=list(cfg.metrics))
-        for spec in specs:
-            out = rows[spec.name]
-            board.add_result(spec.name, dataset, results[spec.name], provenance=out.provenance,
-                             validation=out.validation, negatives=out.negatives,
-                             **{k: v for k, v in out.cost.items() if k in lb.COST_FIELDS})
-        comparison = None
-        if cfg.baseline and len(specs) > 1:
-            comparison = compare_results(results, cfg.baseline, test=cfg.stat_test, correction=cfg.correction)
-            board.add_comparison(dataset, comparison)
-        lb.write_json(board, tmp / "leaderboard.json")
-        lb.write_markdown(board, tmp / "leaderboard.md")
-        lb.write_html(board, tmp / "leaderboard.html")
-        r0 = next(iter(results.values()))
-        write_json_atomic(tmp / "results.json", {
-            "dataset": dataset,
-            "split": cfg.split,
-            "queries": len(queries),
-            "judged_queries": r0.n_queries,
-            "queries_without_judgments": sorted(set(queries) - set(qrels)),
-            "qrels_repairs": qrels_report.repairs(),
-            "systems": {
-                name: {"mean": res.mean, "per_query": res.per_query, "cost": rows[name].cost,
-                       "missing_from_run": res.missing_from_run, "provenance": rows[name].provenance}
-                for name, res in results.items()
-            },
-        })
-        return {"queries": len(queries), "judged_queries": r0.n_queries,
-                "systems": {name: res.mean for name, res in results.items()}}
+        return _write_report(tmp, cfg, dataset, queries, qrels, qrels_report.repairs(), results, rows)
 
     return Work("eval", "eval", Path(out_dir), config, inputs, body)
+
+
+def _write_report(tmp: Path, cfg: EvalConfig, dataset: str, queries: dict[str, str], qrels, repairs,
+                  results: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """The leaderboard (JSON, Markdown, HTML) and ``results.json`` of evaluated systems; the manifest's counts."""
+    from retrdistill.evaluation import leaderboard as lb
+    from retrdistill.evaluation.compare import compare_results
+
+    specs = cfg.specs()
+    board = lb.Leaderboard(title=f"retrdistill — {dataset} ({cfg.split})", baseline=cfg.baseline,
+                           metric_order=list(cfg.metrics))
+    for spec in specs:
+        out = rows[spec.name]
+        board.add_result(spec.name, dataset, results[spec.name], provenance=out.provenance,
+                         validation=out.validation, negatives=out.negatives,
+                         **{k: v for k, v in out.cost.items() if k in lb.COST_FIELDS})
+    if cfg.baseline and len(specs) > 1:
+        comparison = compare_results(results, cfg.baseline, test=cfg.stat_test, correction=cfg.correction)
+        board.add_comparison(dataset, comparison)
+    lb.write_json(board, tmp / "leaderboard.json")
+    lb.write_markdown(board, tmp / "leaderboard.md")
+    lb.write_html(board, tmp / "leaderboard.html")
+    r0 = next(iter(results.values()))
+    write_json_atomic(tmp / "results.json", {
+        "dataset": dataset,
+        "split": cfg.split,
+        "queries": len(queries),
+        "judged_queries": r0.n_queries,
+        "queries_without_judgments": sorted(set(queries) - set(qrels)),
+        "qrels_repairs": repairs,
+        "systems": {
+            name: {"mean": res.mean, "per_query": res.per_query, "cost": rows[name].cost,
+                   "missing_from_run": res.missing_from_run, "provenance": rows[name].provenance}
+            for name, res in results.items()
+        },
+    })
+    return {"queries": len(queries), "judged_queries": r0.n_queries,
+            "systems": {name: res.mean for name, res in results.items()}}
+
+
+# cost fields averaged over queries: a merge weighs each shard's value by its number of queries
+PER_QUERY_COST = ("ms_per_query", "flops_per_query", "query_terms")
+
+
+def merge_eval_shards(shards, tmp: Path, cache_dir: str | Path | None, collection_dir: str | Path | None) -> dict:
+    """Eval shards (a :class:`retrdistill.stages.merge.ShardSet`) as the unsharded eval: each system's runs
+    concatenated over the shards (rewritten in the unsharded order: queries sorted), scored against the
+    collection's whole qrels, significance tests and leaderboard over all queries. Cost: the per-query fields
+    averaged over all queries, the others (index size, parameters, encoding rate) as shard 0 measured them."""
+    from retrdistill.evaluation import leaderboard as lb
+    from retrdistill.evaluation.metrics import evaluate
+    from retrdistill.evaluation.runs import read_trec_run, write_trec_run
+    from retrdistill.systems import SystemOutput
+
+    if collection_dir is None or cache_dir is None:
+        raise ConfigError("merge: eval shards need their collection (its qrels score the merged runs) and the cache "
+                          "folder: merge them in a pipeline (shards: N) or pass collection_dir and cache_dir to "
+                          "run_merge")
+    cfg = EvalConfig(**{k: v for k, v in shards.config.items() if k != "datasets"})
+    collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
+    found = {"corpus": collection.corpus.fingerprint, "queries": file_input(collection.root / "queries.jsonl"),
+             "qrels": file_input(collection.qrels_path(cfg.split))}
+    differ = [k for k, v in found.items() if shards.inputs.get(k) != v]
+    if differ:
+        raise ManifestError(f"merge: {collection.root} is not the collection the eval shards ran on (its "
+                            f"{', '.join(differ)} differ from the shards' inputs)")
+    qrels, qrels_report = collection.qrels(cfg.split, check_corpus=True)
+    queries = {q: collection.queries[q] for q in collection.queries}
+    boards = [{row.system: row for row in lb.load_leaderboard(folder / "leaderboard.json").rows}
+              for folder in shards.dirs]
+    parts = [json.loads((folder / "results.json").read_text(encoding="utf-8")) for folder in shards.dirs]
+    sizes = [p["judged_queries"] for p in parts]
+    results, rows = {}, {}
+    for spec in cfg.specs():
+        name = f"{_slug(spec.name)}.trec"
+        run: dict[str, dict[str, float]] = {}
+        for folder in shards.dirs:
+            part = read_trec_run(folder / "runs" / name)
+            overlap = set(part) & set(run)
+            if overlap:
+                raise ManifestError(f"{folder / 'runs' / name}: query {sorted(overlap)[0]!r} is in another shard too")
+            run.update(part)
+        write_trec_run(tmp / "runs" / name, run, tag=_slug(spec.name))
+        results[spec.name] = evaluate(qrels, run, cfg.metrics)
+        costs = [p["systems"][spec.name]["cost"] for p in parts]
+        cost = dict(costs[0])
+        for key in PER_QUERY_COST:
+            values = [c.get(key) for c in costs]
+            if all(isinstance(v, (int, float)) for v in values):
+                cost[key] = sum(v * n for v, n in zip(values, sizes)) / max(1, sum(sizes))
+        row = boards[0][spec.name]
+        rows[spec.name] = SystemOutput(run, cost, parts[0]["systems"][spec.name]["provenance"], row.validation,
+                                       row.negatives)
+    dataset = cfg.dataset_name or collection.root.name
+    return _write_report(tmp, cfg, dataset, queries, qrels, qrels_report.repairs(), results, rows)
 
 
 @dataclass

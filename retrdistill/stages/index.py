@@ -6,6 +6,11 @@ sparse indexer through its postings cache) and saves its files. The folder (unde
 holds the indexer's files (``index.faiss``; ``sparse.json`` + ``postings.*.npy``), ``docids.txt`` (row -> doc
 id), ``index.json`` (indexer, model, corpus, encoding backend, what the indexer records of the encoding) and the
 manifest; :class:`retrdistill.Retriever` loads it, encoding queries on the index's backend by default.
+
+With ``shard: I/N`` the step encodes and indexes only a contiguous slice of the corpus, in whole encoding blocks
+of the indexer (``shard_size`` passages, :mod:`retrdistill.shards`), and records its corpus rows in
+``index.json``; ``retrdistill merge`` combines the N shard folders into one sharded index
+(:mod:`retrdistill.indexers.sharded`) whose top-k equals the unsharded index's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from retrdistill.data.beir import open_collection
 from retrdistill.encoding.backends import backend_info, output_key
 from retrdistill.errors import ConfigError
 from retrdistill.models import model_fingerprint
+from retrdistill.shards import SHARD_HELP, corpus_slice, parse_shard, shard_rows
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 
 
@@ -36,11 +42,14 @@ class IndexConfig:
         "help": "Encoding backend: torch, or a CPU fast path: onnx, openvino (fp32, equal to torch), onnx-int8, "
                 "openvino-bf16 (faster, embeddings change slightly; see docs/fast-paths.md).",
         "omit_default": True})
+    shard: str = field(default="", metadata={"help": SHARD_HELP.replace("input rows", "corpus passages"),
+                                             "omit_default": True})
 
     def __post_init__(self) -> None:
         from retrdistill.encoding.backends import BACKENDS
 
         registry.entry("indexer", self.indexer)
+        parse_shard(self.shard)
         if self.backend not in BACKENDS:
             raise ConfigError(f"index backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
 
@@ -55,10 +64,13 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
     """``model``: the encoder (a student artefact's model folder, a path, a hub name or offline:NAME)."""
     model = str(model)
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
-    corpus = collection.corpus
+    whole = collection.corpus
     indexer = registry.build("indexer", cfg.indexer, cfg.options)
     indexer.check_model(model)  # a model that exists already: refused now, before planning goes on
-    inputs = {"corpus": corpus.fingerprint, "model": model_fingerprint(model)}
+    shard = parse_shard(cfg.shard)
+    rows = _shard_rows(cfg, indexer, shard, len(whole))
+    corpus = corpus_slice(whole, rows)
+    inputs = {"corpus": whole.fingerprint, "model": model_fingerprint(model)}
     config = {**config_dict(cfg), "model": model}
     config.pop("batch_size")
     # the backend keys the artefact only where it changes the embeddings (int8, bf16); fp32 ONNX / OpenVINO build
@@ -86,15 +98,35 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
             "backend": cfg.backend,
             "backend_detail": backend_info(encoder),
             **built.info,
-            "corpus": _portable(str(corpus.path), out_dir),
-            "corpus_fingerprint": corpus.fingerprint,
+            "corpus": _portable(str(whole.path), out_dir),
+            "corpus_fingerprint": whole.fingerprint,
             "documents": len(corpus),
+            **({"shard": shard.label, "rows": [rows.start, rows.stop], "corpus_documents": len(whole)}
+               if shard is not None else {}),
         })
         counts = {k: v for k, v in built.info.items() if isinstance(v, int) and not isinstance(v, bool)}
         return {"documents": len(corpus), **counts, "index_bytes": indexer.index_bytes(tmp),
                 "backend": backend_info(encoder)}
 
     return Work("index", "index", out_dir, config, inputs, body)
+
+
+def _shard_rows(cfg: IndexConfig, indexer, shard, total: int) -> range:
+    """The corpus rows this step indexes: all of them, or the shard's whole encoding blocks (ConfigError where
+    the indexer cannot be sharded or the shard would be empty)."""
+    if shard is None:
+        return range(total)
+    block = indexer.encoding_block()
+    if block is None:
+        raise ConfigError(f"index shard {shard.label}: indexer {cfg.indexer!r} cannot be sharded (it has no "
+                          f"encoding block to split the corpus by); run it unsharded")
+    rows = shard_rows(shard, total, unit=block)
+    if not rows:
+        blocks = -(-total // block)
+        raise ConfigError(f"index shard {shard.label}: no passages to index: the corpus's {total} passages make "
+                          f"{blocks} encoding block(s) of shard_size {block}, fewer than {shard.count} shards; "
+                          f"use at most {blocks} shards or a smaller -o shard_size")
+    return rows
 
 
 def _portable(ref: str, out_dir: Path) -> str:

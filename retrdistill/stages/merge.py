@@ -12,6 +12,14 @@ inputs), so downstream steps cannot tell the two apart, and the same bytes:
   be identical in every shard and is copied once. A score merge also copies each shard's score cache
   (``scores.shard-I-of-N.sqlite``) into the main cache (``scores.sqlite``), so an unsharded re-run reuses every
   score.
+* ``queries``: the shards' training queries combined by their source (:meth:`retrdistill.parts.QuerySource.combine`:
+  concatenated in shard order; the ``llm`` source then drops duplicates across shards and runs its teacher
+  filter over the whole, which needs the collection), checked against the evaluation queries, written once.
+* ``eval``: each system's TREC run concatenated over the shards' query slices, then the metrics, significance
+  tests and leaderboard computed over all queries (:func:`retrdistill.stages.evaluate.merge_eval_shards`).
+* ``index``: a sharded index (:mod:`retrdistill.indexers.sharded`): the shard folders linked in under
+  ``shards/I-of-N/``, the doc ids concatenated, one ``index.json`` listing the shards and their corpus rows;
+  ``Retriever.load`` searches it as the unsharded index.
 
 The manifest's counts add up the shards' counts and record ``shards`` (N) and each shard's fingerprint.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +40,8 @@ from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, ups
 
 log = logging.getLogger(__name__)
 
-# kind -> the file its shards' rows are concatenated into (None: merged by its own rule)
+# kind -> the file its shards' rows are concatenated into; the other shardable kinds have their own rule (MERGERS)
 CONCATENATED = {"scores": "scores.jsonl", "candidates": "candidates.jsonl"}
-SHARDABLE = tuple(CONCATENATED)
 
 
 @dataclass
@@ -42,8 +50,10 @@ class MergeConfig:
 
 
 def run_merge(shard_dirs: list[str | Path], out_dir: str | Path, *, cache_dir: str | Path | None = None,
-              force: bool = False) -> StageResult:
-    return prepare_merge(shard_dirs, out_dir, cache_dir=cache_dir).run(force=force)
+              collection_dir: str | Path | None = None, force: bool = False) -> StageResult:
+    """``collection_dir``: the shards' collection, needed to merge eval shards and ``llm`` query shards with a
+    teacher filter (a pipeline's merge step passes its own)."""
+    return prepare_merge(shard_dirs, out_dir, cache_dir=cache_dir, collection_dir=collection_dir).run(force=force)
 
 
 @dataclass
@@ -112,12 +122,13 @@ def _check_same(ref: tuple[Path, Manifest, Shard], other: tuple[Path, Manifest, 
                             f"teacher or model)")
 
 
-def prepare_merge(shard_dirs: list[str | Path], out_dir: str | Path, *, cache_dir: str | Path | None = None) -> Work:
+def prepare_merge(shard_dirs: list[str | Path], out_dir: str | Path, *, cache_dir: str | Path | None = None,
+                  collection_dir: str | Path | None = None) -> Work:
     shards = check_shards(shard_dirs)
 
     def body(tmp: Path) -> dict[str, Any]:
-        _concatenate(shards, CONCATENATED[shards.kind], tmp)
-        counts = _summed_counts(shards.manifests)
+        counts = MERGERS[shards.kind](shards, tmp, cache_dir=cache_dir, collection_dir=collection_dir,
+                                      out_dir=Path(out_dir))
         counts["shards"] = len(shards.dirs)
         counts["shard_fingerprints"] = [m.fingerprint for m in shards.manifests]
         if shards.stage == "score" and cache_dir is not None:
@@ -131,6 +142,49 @@ def prepare_merge(shard_dirs: list[str | Path], out_dir: str | Path, *, cache_di
         return counts
 
     return Work(shards.stage, shards.kind, Path(out_dir), shards.config, shards.inputs, body)
+
+
+def _merge_concatenated(shards: ShardSet, tmp: Path, **_: Any) -> dict[str, Any]:
+    """Row files concatenated in shard order, counts summed."""
+    _concatenate(shards, CONCATENATED[shards.kind], tmp)
+    return _summed_counts(shards.manifests)
+
+
+def _merge_index(shards: ShardSet, tmp: Path, *, out_dir: Path, **_: Any) -> dict[str, Any]:
+    from retrdistill.indexers.sharded import merge_index_shards
+
+    return merge_index_shards(shards.dirs, shards.manifests, tmp, out_dir)
+
+
+def _merge_eval(shards: ShardSet, tmp: Path, *, cache_dir, collection_dir, **_: Any) -> dict[str, Any]:
+    from retrdistill.stages.evaluate import merge_eval_shards
+
+    return merge_eval_shards(shards, tmp, cache_dir, collection_dir)
+
+
+def _merge_queries(shards: ShardSet, tmp: Path, *, cache_dir: str | Path | None,
+                   collection_dir: str | Path | None, **_: Any) -> dict[str, Any]:
+    """The shards' queries combined by their source, leak-checked over the whole, written as the unsharded step."""
+    from retrdistill import registry
+    from retrdistill.data.beir import open_collection
+    from retrdistill.data.pseudo_queries import check_no_eval_leak
+    from retrdistill.kinds import read_queries, write_queries
+    from retrdistill.stages.queries import eval_queries
+
+    if cache_dir is None:
+        raise ConfigError("merge: query shards need the cache folder (cache_dir) their source ran with")
+    config = shards.config
+    source = registry.build("query_generator", config["source"], config.get("options") or {}, cache_dir=Path(cache_dir))
+    collection = open_collection(collection_dir, Path(cache_dir) / "corpora") if collection_dir is not None else None
+    train = source.combine(collection, [read_queries(folder) for folder in shards.dirs])
+    counts = _summed_counts(shards.manifests)
+    if collection is not None:  # the whole set checked once; else each shard checked its own part
+        counts["eval_queries_used"] = check_no_eval_leak(train, eval_queries(collection, config["eval_split"]),
+                                                         config["eval_split"], allowed=config["allow_eval_queries"])
+    write_queries(tmp, train)
+    counts.update(source.counts())
+    counts.update(queries=len(train.queries), positives=sum(len(p) for p in train.positives.values()))
+    return counts
 
 
 def _concatenate(shards: ShardSet, name: str, tmp: Path) -> None:
@@ -159,12 +213,20 @@ def _summed_counts(manifests: list[Manifest]) -> dict[str, Any]:
     return out
 
 
+# kind -> how its shards become the unsharded artefact (the merge step's input kinds)
+MERGERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "scores": _merge_concatenated, "candidates": _merge_concatenated, "index": _merge_index,
+    "queries": _merge_queries, "eval": _merge_eval}
+SHARDABLE = tuple(MERGERS)
+
+
 def merge_spec(kind: str) -> StageSpec:
     """The merge as a pipeline step writing ``kind`` (a step with ``shards: N`` becomes N shard steps and this)."""
     return StageSpec(
         name="merge", config=MergeConfig, output=kind,
         inputs={"shards": StepInput(SHARDABLE, "the shard steps of one sharded step, every one of 0..N-1",
                                     many=True)},
-        prepare=lambda cfg, refs, ctx: prepare_merge(refs["shards"], ctx.out_dir, cache_dir=ctx.cache_dir),
+        prepare=lambda cfg, refs, ctx: prepare_merge(refs["shards"], ctx.out_dir, cache_dir=ctx.cache_dir,
+                                                     collection_dir=ctx.collection),
         summary="the shards of a sharded step, checked and combined into the unsharded artefact",
     )

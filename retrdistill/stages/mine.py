@@ -5,6 +5,10 @@ Each line: ``{"qid", "query", "positives": [doc ids], "negatives": [doc ids], "r
 miner's score. Negatives come from ranks ``rank_min``..``rank_max``: the top ones (``sampling: top``), a seeded
 random sample (``sampling: random``), or every one of them (``sampling: all``, "mine wide": a ``select`` step
 after scoring then filters and samples with the teacher's scores in hand).
+
+With ``shard: I/N`` a step mines only a contiguous range of the training queries, in whole ``batch_queries``
+blocks (:mod:`retrdistill.shards`); ``retrdistill merge`` concatenates the N shards into the unsharded
+``candidates.jsonl``, byte for byte.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
 from retrdistill.kinds import EXTRA_PASSAGES, CandidateGroup, candidate_row, read_queries
 from retrdistill.llm.passages import PREFIX as GENERATED_PREFIX, write_passages
+from retrdistill.shards import SHARD_HELP, parse_shard, shard_rows
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,12 @@ class MineConfig:
                                             "or all (every rank in range, for a select step after scoring)."})
     seed: int = field(default=13, metadata={"help": "Seed of the random sampling."})
     batch_queries: int = field(default=256, metadata={"help": "Queries searched per miner call."})
+    shard: str = field(default="", metadata={"help": SHARD_HELP.replace("input rows", "training queries"),
+                                             "omit_default": True})
 
     def __post_init__(self) -> None:
         registry.entry("miner", self.miner)
+        parse_shard(self.shard)
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}")
         if not 1 <= self.rank_min <= self.rank_max:
@@ -68,6 +76,8 @@ def prepare_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str |
     def body(tmp: Path) -> dict[str, Any]:
         train = read_queries(queries_dir)
         qids = list(train.queries)
+        rows = shard_rows(parse_shard(cfg.shard), len(qids), unit=cfg.batch_queries)  # a shard mines its range
+        qids = qids[rows.start:rows.stop]
         short = 0
         written = 0
         kept = 0

@@ -1,4 +1,10 @@
-"""Stage ``queries``: training queries and their positives, written as ``queries.jsonl`` + ``qrels.tsv``."""
+"""Stage ``queries``: training queries and their positives, written as ``queries.jsonl`` + ``qrels.tsv``.
+
+With ``shard: I/N`` the step writes the source's part ``I`` (:meth:`retrdistill.parts.QuerySource.shard`: the
+``llm`` source generates for its contiguous part of the sampled passages, in whole generation batches; a cheap
+deterministic source generates everything and keeps its contiguous range of queries; any other refuses), and
+``retrdistill merge`` combines the N parts through the source's ``combine`` into the unsharded artefact.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from retrdistill import registry
 from retrdistill.data.beir import Collection, open_collection
 from retrdistill.data.pseudo_queries import check_no_eval_leak
 from retrdistill.kinds import write_queries
+from retrdistill.shards import SHARD_HELP, parse_shard
 from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input
 
 log = logging.getLogger(__name__)
@@ -26,9 +33,11 @@ class QueriesConfig:
     allow_eval_queries: bool = field(default=False,  # ...unless forced
                                      metadata={"help": "Train on the evaluation split's queries anyway "
                                                        "(invalidates the evaluation)."})
+    shard: str = field(default="", metadata={"help": SHARD_HELP, "omit_default": True})
 
     def __post_init__(self) -> None:
         registry.entry("query_generator", self.source)
+        parse_shard(self.shard)
 
 
 def run_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str | Path, *, cache_dir: str | Path,
@@ -47,8 +56,9 @@ def prepare_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str
         inputs[f"file{i}"] = file_input(extra)
 
     def body(tmp: Path) -> dict[str, Any]:
-        train = generator.generate(collection)
-        leaked = check_no_eval_leak(train, _eval_queries(collection, cfg.eval_split), cfg.eval_split,
+        shard = parse_shard(cfg.shard)
+        train = generator.generate(collection) if shard is None else generator.shard(collection, shard)
+        leaked = check_no_eval_leak(train, eval_queries(collection, cfg.eval_split), cfg.eval_split,
                                     allowed=cfg.allow_eval_queries)
         write_queries(tmp, train)
         return {"queries": len(train.queries), "positives": sum(len(p) for p in train.positives.values()),
@@ -57,14 +67,14 @@ def prepare_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str
     return Work("queries", "queries", Path(out_dir), config_dict(cfg), inputs, body)
 
 
-def _eval_queries(collection: Collection, split: str) -> dict[str, str]:
+def eval_queries(collection: Collection, split: str) -> dict[str, str]:
     if split not in collection.splits():
         return {}
     qrels, _ = collection.qrels(split)
     return {q: collection.queries[q] for q in qrels if q in collection.queries}
 
 
-__all__ = ["QueriesConfig", "prepare_queries", "run_queries"]
+__all__ = ["QueriesConfig", "eval_queries", "prepare_queries", "run_queries"]
 
 
 STAGE = StageSpec(

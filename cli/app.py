@@ -106,15 +106,19 @@ def score(
 def merge(
     shards: Annotated[list[Path], typer.Argument(help="The folders of shards 0..N-1 of one step run with --shard I/N.")],
     out: Out,
+    collection: Annotated[Optional[Path], typer.Option(
+        help="The shards' collection (BEIR folder): needed to merge eval shards, and llm query shards with a "
+             "teacher filter.")] = None,
     cache_dir: Cache = DEFAULT_CACHE,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Combine the shards of a step run with --shard I/N (score) into the artefact the unsharded step writes."""
+    """Combine the shards of a step run with --shard I/N (queries, mine, score, index, eval) into the artefact the
+    unsharded step writes."""
     from retrdistill.stages.merge import run_merge
 
     _setup(quiet)
-    _report(_run(run_merge, shards, out, cache_dir=cache_dir, force=force))
+    _report(_run(run_merge, shards, out, cache_dir=cache_dir, collection_dir=collection, force=force))
 
 
 @config_command(app, SelectConfig, name="select")
@@ -266,6 +270,31 @@ def eval_(
     result = _run(run_eval, cfg, collection, out, cache_dir=cache_dir, force=force)
     _report(result)
     typer.echo((result.out_dir / "leaderboard.md").read_text(encoding="utf-8"))
+
+
+@app.command("export-anserini")
+def export_anserini_(
+    source: Annotated[str, typer.Argument(help="A sparse index folder (index --indexer sparse), or a sparse model "
+                                               "with --collection.")],
+    out: Annotated[Path, typer.Argument(help="Output folder: vectors/*.jsonl, anserini.json, manifest.")],
+    collection: Annotated[Optional[Path], typer.Option(help="BEIR folder whose corpus a model SOURCE encodes.")] = None,
+    factor: Annotated[float, typer.Option(help="Weights become round(w * factor); SPLADE's usual is 100.")] = 100.0,
+    terms: Annotated[str, typer.Option(help="Lucene terms: tokens (the vocabulary's) or ids.")] = "tokens",
+    doc_ids: Annotated[str, typer.Option(help="Ids: corpus (the corpus's) or rows (zero-padded rows).")] = "corpus",
+    max_seq_length: Annotated[Optional[int], typer.Option(help="A model's token limit per passage.")] = None,
+    max_active_dims: Annotated[Optional[int], typer.Option(help="A model's top terms kept per passage.")] = None,
+    cache_dir: Cache = DEFAULT_CACHE,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Export a sparse (SPLADE) index as Anserini's JsonVectorCollection, for Lucene impact search."""
+    from retrdistill.indexers.anserini_export import export_anserini
+
+    _setup(quiet)
+    result = _run(export_anserini, source, out, collection=collection, cache_dir=cache_dir, factor=factor,
+                  terms=terms, doc_ids=doc_ids, max_seq_length=max_seq_length, max_active_dims=max_active_dims,
+                  force=force)
+    _report(result)
 
 
 @app.command()

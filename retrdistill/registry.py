@@ -122,6 +122,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
          "Anserini's Lucene BM25 over the evaluated corpus (the [lucene] extra)"),
         ("dense", "retrdistill.systems:DenseSystem", "a SentenceTransformer model, exact search (e.g. the base student)"),
         ("sparse", "retrdistill.systems:SparseSystem", "a SparseEncoder (or masked LM as SPLADE), exact inverted-index search"),
+        ("lucene-impact", "retrdistill.indexers.lucene_impact:LuceneImpactSystem",
+         "a sparse index or model's quantised vectors searched by Anserini's Lucene impact search ([lucene] extra)"),
         ("index", "retrdistill.systems:IndexSystem", "a saved retrdistill index folder (e.g. the distilled student)"),
         ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),
         ("run", "retrdistill.systems:TrecRunSystem", "a TREC run file from another tool (pyserini, Anserini, ...)"),

@@ -10,21 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from retrdistill.errors import ConfigError
+from retrdistill.miners.lucene import lucene_unavailable
 
 
-def _runtime_missing() -> str | None:
-    from retrdistill.miners.lucene import anserini_jar, java_executable
-
-    try:
-        anserini_jar()
-        java_executable()
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_runtime_missing() is not None, reason=f"Lucene BM25 unavailable: {_runtime_missing()}")
+pytestmark = pytest.mark.skipif(lucene_unavailable() is not None, reason=f"Lucene BM25 unavailable: {lucene_unavailable()}")
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,10 @@ PARAMS = "sparse.json"
 FORMAT = "retrdistill-sparse-index"
 
 
+DENSE_ACCUMULATOR_RATIO = 4  # a query touching at least a quarter as many postings as there are passages sums
+                             # into a passage-sized array; fewer, and its postings are sorted (np.unique)
+
+
 @dataclass
 class SparseIndex:
     """Posting lists, memory-mapped: ``indptr`` (terms + 1), ``indices`` (passage rows), ``data`` (weights)."""
@@ -66,6 +70,14 @@ class SparseIndex:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
         rows = np.concatenate([self.indices[a:b] for a, b, _ in spans])
         products = np.concatenate([np.asarray(self.data[a:b], dtype=np.float64) * w for a, b, w in spans])
+        if len(rows) * DENSE_ACCUMULATOR_RATIO >= self.num_docs:
+            # many postings for the corpus (a query with thousands of terms): one pass into a per-passage array,
+            # O(postings + passages), instead of sorting the postings; the same sums in the same order
+            sums = np.bincount(rows, weights=products, minlength=self.num_docs)
+            seen = np.zeros(self.num_docs, dtype=bool)
+            seen[rows] = True
+            touched = np.flatnonzero(seen)
+            return touched, sums[touched]
         unique, inverse = np.unique(rows, return_inverse=True)
         return unique.astype(np.int64), np.bincount(inverse, weights=products, minlength=len(unique))
 
@@ -136,6 +148,10 @@ class SparseIndexer(Indexer):
         return {"vocab_size": params["vocab_size"], "postings": params["postings"],
                 "doc_terms": round(float(params["doc_terms"]), 3)}
 
+    def encoding_block(self) -> int:
+        """Passages encoded in one call: a sharded index step cuts the corpus in whole blocks of this many."""
+        return self.options.shard_size
+
     def encode_queries(self, model, texts: list[str], info: dict[str, Any]):
         """A ``scipy.sparse.csr_matrix`` (queries x vocabulary) through the model's ``encode_query``."""
         return encode_sparse(model, texts, role="query", batch_size=1 if len(texts) <= 1 else 32,
@@ -180,9 +196,15 @@ class SparseIndexer(Indexer):
         """Exact top-``k`` ``(scores, rows)`` per query row of ``queries`` (a CSR matrix, or anything
         ``scipy.sparse.csr_matrix`` takes); only passages sharing a term with the query are returned, rows of
         -1 (score 0) fill the rest."""
+        scores, rows = self.search_for_merge(index, queries, k)
+        return scores.astype(np.float32), rows
+
+    def search_for_merge(self, index: SparseIndex, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with the float64 scores the order was decided on (best first, ties by row), so that a
+        sharded index merges its shards' lists in exactly this order (float32 scores can tie where these differ)."""
         queries = _as_csr(queries, index.vocab_size)
         k = min(k, index.num_docs)
-        scores = np.zeros((queries.shape[0], k), dtype=np.float32)
+        scores = np.zeros((queries.shape[0], k), dtype=np.float64)
         rows = np.full((queries.shape[0], k), -1, dtype=np.int64)
         for i in range(queries.shape[0]):
             lo, hi = queries.indptr[i], queries.indptr[i + 1]

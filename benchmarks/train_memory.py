@@ -30,6 +30,9 @@ VARIANTS = {
     "micro-batch 8 (as shipped otherwise)": {"overrides": {}, "heap": False, "micro": 8},
     "micro-batch 4 (as shipped otherwise)": {"overrides": {}, "heap": False, "micro": 4},
     "micro-batch 4 + heap threshold": {"overrides": {}, "heap": True, "micro": 4},
+    # both: the fused attention kernel and half the activations per forward pass
+    "attention dropout 0 + micro-batch 8": {"overrides": {"attention_probs_dropout_prob": 0.0}, "heap": False,
+                                            "micro": 8},
 }
 
 

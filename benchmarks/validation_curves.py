@@ -3,19 +3,19 @@
     nice -n 19 python benchmarks/validation_curves.py            # full: the bundled pipelines' data (the lead's run)
     nice -n 19 python benchmarks/validation_curves.py --quick    # a smoke run: a small slice, few queries and steps
 
-Trains the demo student (``pipelines/msmarco-sample.yaml``, step ``student``) and the fast-students 3-layer
-student (``pipelines/fast-students.yaml``, step ``minilm-l3``) as their pipelines declare them, except with
-validation on (10% of the training queries held out, seed 13, evaluated before training and at every epoch,
-every evaluated checkpoint kept) and, for the demo, 3 epochs as an upper bound (its pipeline trains 1). The
-bundled pipelines themselves are not changed. After training, each kept checkpoint is evaluated on the
-sample's test queries (nDCG@10, exact search): computed after the fact, never used to choose. Reported per
-student and checkpoint: every validation value beside the test nDCG@10, and across checkpoints the rank
-correlation (Spearman, Kendall) of each validation metric with the test nDCG@10.
+Reads the demo student (``pipelines/msmarco-sample.yaml``, step ``student``) and the fast-students 3-layer
+student (``pipelines/fast-students.yaml``, step ``minilm-l3``) as their pipelines train them: both validate
+label-free (10% of the training queries held out, seed 13, evaluated before training and every 19 steps or
+every epoch) and keep every evaluated checkpoint, so the pipeline's own train step is used (run first if it is
+not current) and nothing is trained twice. A pipeline step that does not keep its checkpoints is trained here
+into ``--workdir`` with validation and kept checkpoints added. After training, each kept checkpoint is
+evaluated on the sample's test queries (nDCG@10, exact search): computed after the fact, never used to choose.
+Reported per student and checkpoint: every validation value beside the test nDCG@10, and across checkpoints
+the rank correlation (Spearman, Kendall) of each validation metric with the test nDCG@10.
 
-Full mode reads the pipelines' own scores artefacts (running their queries/mine/score steps if they are not
-current) and trains into ``--workdir``. Quick mode builds its own small collection (the judged passages of 3
-test queries plus 100 others), 60 inverse-cloze queries, BM25 negatives and all-MiniLM-L6-v2 as the teacher,
-and trains 2 epochs, so it runs in minutes on 2 CPU cores; its numbers only show that the script works.
+Quick mode builds its own small collection (the judged passages of 3 test queries plus 100 others), 60
+inverse-cloze queries, BM25 negatives and all-MiniLM-L6-v2 as the teacher, and trains 2 epochs, so it runs in
+minutes on 2 CPU cores; its numbers only show that the script works.
 
 Writes ``benchmarks/results/validation_curves[-quick].json`` and ``.svg`` (atomically).
 """
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SAMPLE = ROOT / "data" / "msmarco-dl-5k"
-STUDENTS = {"demo (MiniLM-L6)": ("pipelines/msmarco-sample.yaml", "student", 3),
+STUDENTS = {"demo (MiniLM-L6)": ("pipelines/msmarco-sample.yaml", "student", None),
             "fast-students MiniLM-L3": ("pipelines/fast-students.yaml", "minilm-l3", None)}
 VALIDATION = {"fraction": 0.1, "seed": 13, "metric": "pseudo-mrr@10", "at_start": True, "keep_checkpoints": True}
 QUICK_VALIDATION = {**VALIDATION, "fraction": 0.25}
@@ -124,17 +124,39 @@ def correlations(points: list[dict[str, Any]]) -> dict[str, dict[str, float | No
             for vals in [[p["validation"][name] for p in points]]} if len(points) > 2 else {}
 
 
+def pipeline_train(file: str, step: str):
+    """The pipeline's own train step (run first if it is not current), when it already validates and keeps every
+    evaluated checkpoint: nothing is trained twice. None when the step would have to be trained differently."""
+    from retrdistill.artefacts import read_manifest
+    from retrdistill.pipeline import load_pipeline, prepare_step, run_pipeline
+    from retrdistill.stages.base import StageResult
+
+    pipeline = load_pipeline(ROOT / file, base_dir=ROOT)
+    cfg = pipeline.steps[step].config
+    if not (cfg.validation or {}).get("keep_checkpoints") or not (cfg.validation or {}).get("at_start"):
+        return None
+    if prepare_step(pipeline, step).status()[0] != "current":
+        upstream = {"queries", "candidates", "scores", step}
+        run_pipeline(pipeline, only=upstream & set(pipeline.steps))
+    out = pipeline.out_dir(step)
+    return pipeline.collection, cfg, StageResult("train", out, read_manifest(out), skipped=True)
+
+
 def run_student(name: str, file: str, step: str, epochs: float | None, args, cache: Path) -> dict[str, Any]:
     from retrdistill.stages.train import run_train
 
     log = logging.getLogger("validation_curves")
-    if args.quick:
-        collection, scores = quick_scores(args.workdir / "data", cache)
-    else:
-        collection, scores, _ = pipeline_scores(file)
-    cfg = train_config(file, step, epochs, args.quick)
     started = time.perf_counter()
-    result = run_train(cfg, scores, collection, args.workdir / step, cache_dir=cache)
+    own = None if args.quick else pipeline_train(file, step)
+    if own is not None:  # the pipeline's step as it runs (its checkpoints kept by the pipeline itself)
+        collection, cfg, result = own
+    else:
+        if args.quick:
+            collection, scores = quick_scores(args.workdir / "data", cache)
+        else:
+            collection, scores, _ = pipeline_scores(file)
+        cfg = train_config(file, step, epochs, args.quick)
+        result = run_train(cfg, scores, collection, args.workdir / step, cache_dir=cache)
     record = result.manifest.counts["validation"]
     points = []
     for p in record["curve"]:

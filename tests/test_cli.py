@@ -54,6 +54,10 @@ VALUES: dict[tuple[str, str], Any] = {
     ("train", "validation"): {"fraction": 0.2, "metric": "teacher-ndcg@10", "every": 5},
     ("train", "teacher_scale"): {"mode": "factor", "factor": 20.0},
     ("score", "shard"): "1/4",
+    ("queries", "shard"): "0/2",
+    ("mine", "shard"): "2/3",
+    ("index", "shard"): "1/2",
+    ("eval", "shard"): "3/4",
     ("index", "backend"): "onnx-int8",
     ("train", "micro_batch_size"): 8,  # must divide batch_size (32)
     ("select", "sampling"): "spread",

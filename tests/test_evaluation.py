@@ -481,7 +481,9 @@ def test_leaderboard_markdown_has_tables_and_markers(tmp_path, sample):
     path = tmp_path / "lb.md"
     write_markdown(board, path)
     text = path.read_text()
-    assert "| System | nDCG@10 | R@100 | MRR@10 | MAP | ms/query | index |" in text
+    assert "| System | nDCG@10 | R@100 | MRR@10 | MAP | ms/query | queries/s | index |" in text
+    bm25 = board.row("bm25", "msmarco-dl-5k")
+    assert f"| {bm25.ms_per_query:.2f} | {1000 / bm25.ms_per_query:,.0f} |" in text  # queries/s = 1000 / ms/query
     assert "## Mean over 2 datasets" in text and "## msmarco-dl-5k (43 queries)" in text
     sig = board.row("bm25-nostem", "msmarco-dl-5k").significance
     marked = [m for m, s in sig.items() if s.p_corrected < 0.05]

@@ -408,6 +408,7 @@ def metric_label(metric: str) -> str:
 COST_LABELS = {
     "backend": "backend",
     "ms_per_query": "ms/query",
+    "queries_per_s": "queries/s",
     "encode_passages_per_s": "passages/s",
     "index_bytes": "index",
     "parameters": "parameters",
@@ -417,9 +418,20 @@ COST_LABELS = {
 }
 
 
+def cost_value(row: Row | MeanRow, name: str) -> Any:
+    """A row's value of cost column ``name``; ``queries_per_s`` is derived from ``ms_per_query`` (one query at a
+    time, so 1000 / ms), shown beside it rather than stored twice."""
+    if name == "queries_per_s":
+        ms = row.ms_per_query
+        return None if ms is None or ms <= 0 else 1000.0 / ms
+    return getattr(row, name)
+
+
 def format_cost(name: str, value: float | int | None) -> str:
     if value is None:
         return "\u2014"
+    if name == "queries_per_s":
+        return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
     if name == "backend":
         return str(value)
     if name == "index_bytes":
@@ -465,8 +477,11 @@ def legend(board: Leaderboard) -> str:
 
 
 def cost_columns(rows: list[Row] | list[MeanRow]) -> list[str]:
-    """Cost fields that at least one row has, in :data:`COST_FIELDS` order."""
-    return [c for c in COST_FIELDS if any(getattr(r, c, None) is not None for r in rows)]
+    """Cost columns that at least one row has, in :data:`COST_FIELDS` order, queries/s after ms/query."""
+    shown = [c for c in COST_FIELDS if any(getattr(r, c, None) is not None for r in rows)]
+    if "ms_per_query" in shown:
+        shown.insert(shown.index("ms_per_query") + 1, "queries_per_s")
+    return shown
 
 
 # ------------------------------------------------------------ Markdown
@@ -487,7 +502,7 @@ def render_markdown(board: Leaderboard) -> str:
             [
                 [_md(r.system)]
                 + [format_metric(r.metrics.get(m)) for m in metrics]
-                + [format_cost(c, getattr(r, c)) for c in costs]
+                + [format_cost(c, cost_value(r, c)) for c in costs]
                 for r in means
             ],
         )
@@ -501,7 +516,7 @@ def render_markdown(board: Leaderboard) -> str:
             [
                 [_md(r.system)]
                 + [format_metric(r.metrics.get(m)) + _marker(r, m) for m in metrics]
-                + [format_cost(c, getattr(r, c)) for c in costs]
+                + [format_cost(c, cost_value(r, c)) for c in costs]
                 for r in rows
             ],
         )

@@ -17,6 +17,7 @@ from retrdistill.evaluation.leaderboard import (
     MeanRow,
     Row,
     cost_columns,
+    cost_value,
     format_cost,
     format_metric,
     legend,
@@ -133,7 +134,7 @@ def _section(board: Leaderboard, title: str, ident: str, rows: list[Row] | list[
                 f'<td data-value="{"" if v is None else repr(v)}"{_missing(v)}>{format_metric(v)}{_sig(r, m)}</td>'
             )
         for c in costs:
-            v = getattr(r, c)
+            v = cost_value(r, c)
             shown = "" if v is None else escape(v) if isinstance(v, str) else repr(v)
             cells.append(f'<td data-value="{shown}"{_missing(v)}>{escape(format_cost(c, v))}</td>')
         tr = '<tr class="baseline">' if is_base else "<tr>"

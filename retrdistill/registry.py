@@ -71,6 +71,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     "teacher": _entries("teacher", [
         ("bi-encoder", "retrdistill.teachers.biencoder:BiEncoderTeacher",
          "SentenceTransformer similarity; corpus encoded once and cached"),
+        ("sparse", "retrdistill.teachers.sparse:SparseTeacher",
+         "a SparseEncoder (or masked LM as SPLADE): dot products of sparse term vectors, e.g. a hybrid-ensemble member"),
         ("cross-encoder", "retrdistill.teachers.crossencoder:CrossEncoderTeacher",
          "sentence-transformers CrossEncoder scores each (query, passage) pair"),
         ("fusion", "retrdistill.teachers.fusion:FusionTeacher",

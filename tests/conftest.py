@@ -88,6 +88,19 @@ def tiny_cross_encoder(tmp_path_factory, minilm) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_sparse_encoder(tmp_path_factory) -> str:
+    """A saved ``SparseEncoder`` folder: tiny-bert-mlm as SPLADE (fill-mask transformer + max pooling), saved
+    by sentence-transformers, so another sparse model than the masked-LM checkpoint it came from."""
+    from sentence_transformers import SparseEncoder
+
+    from retrdistill.models import resolve_model
+
+    path = tmp_path_factory.mktemp("sparse-encoder") / "model"
+    SparseEncoder(resolve_model("offline:tiny-bert-mlm")).save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def small_cache(tmp_path_factory) -> Path:
     """One cache folder (corpora, embeddings, BM25) for the session's fixtures built on ``small_collection``."""
     return tmp_path_factory.mktemp("small-cache")

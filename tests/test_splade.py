@@ -371,3 +371,58 @@ def test_gemma_echo_splade_encodes_and_trains(gemma, small_collection, small_cac
     assert math.isfinite(result.manifest.counts["train_loss"])
     reloaded = SparseEncoder(str(tmp_path / "gemma" / "model"), trust_remote_code=True)
     assert reloaded.encode(TEXTS).shape == (2, 262144)
+
+
+# ------------------------------------------------------------------ label-free validation of a sparse student
+def test_a_splade_student_validates_on_sparse_search_and_keeps_its_best_checkpoint(small_collection, small_cache,
+                                                                                 scored, tmp_path):
+    """The held-out pseudo-queries are searched with the student's own sparse vectors (encode_query /
+    encode_document): the recorded values are those of an exact sparse search, recomputed here from the kept
+    checkpoint."""
+    from sentence_transformers import SparseEncoder
+
+    from retrdistill.data.beir import open_collection
+    from retrdistill.stages.train import run_train
+    from retrdistill.validation.evaluator import LabelFreeEvaluator
+    from retrdistill.validation.split import split_scores, validation_settings
+
+    validation = {"fraction": 0.25, "seed": 3, "metric": "pseudo-mrr@10", "every": 5,
+                  "metrics": ["pseudo-positive", "teacher-agreement"]}
+    cfg = _train_config(validation=validation)
+    result = run_train(cfg, scored, small_collection, tmp_path / "student", cache_dir=small_cache)
+    record = result.manifest.counts["validation"]
+    assert [p["step"] for p in record["curve"]] == [5, 10]
+    best = record["best"]
+    assert best["value"] == max(p["metrics"]["pseudo-mrr@10"] for p in record["curve"])
+    assert 0.0 < best["value"] <= 1.0
+
+    settings = validation_settings(validation)
+    _, held, _ = split_scores(scored, tmp_path / "split", settings)
+    corpus = open_collection(small_collection, small_cache / "corpora").corpus
+    evaluator = LabelFreeEvaluator(held, corpus, settings.parts(), settings.metric)
+    kept = SparseEncoder(str(tmp_path / "student" / "model"))
+    kept.max_seq_length = TINY["max_seq_length"]
+    again = evaluator(kept)
+    assert again["pseudo-mrr@10"] == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_sparse_top_k_is_the_inverted_indexs_exact_search(small_collection, small_cache, tmp_path):
+    """The validation view's sparse search and the sparse index's search agree on scores and rows."""
+    import numpy as np
+
+    from retrdistill.data.beir import open_collection
+    from retrdistill.encoding.sparse import encode_sparse, load_sparse_encoder
+    from retrdistill.indexers.sparse import SparseIndexer
+    from retrdistill.validation.metrics import sparse_top_k
+
+    corpus = open_collection(small_collection, small_cache / "corpora").corpus
+    model = load_sparse_encoder("offline:tiny-bert-mlm", max_seq_length=32)
+    queries = encode_sparse(model, ["what is a synapse", "the history of rome", "how to cook rice"], role="query")
+    passages = encode_sparse(model, corpus.texts(0, len(corpus)), role="document")
+    indexer = SparseIndexer()
+    built = indexer.exact_index(model, corpus, model_ref="offline:tiny-bert-mlm", cache_dir=small_cache,
+                                max_seq_length=32)
+    want_scores, want_rows = indexer.search(built.index, queries, 10)
+    scores, rows = sparse_top_k(queries, passages, 10)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ Each call encodes the held-out queries and the whole corpus with the student (th
 :func:`retrdistill.encoding.engine.encode_texts`, with a progress bar), searches exactly, computes every
 metric part and returns ``{name: value}``; the trainer prefixes the names with ``eval_`` and picks the best
 checkpoint on the chosen one (``metric_for_best_model``). When no metric needs a corpus search only the
-held-out candidates are encoded.
+held-out candidates are encoded. A sparse student (a ``SparseEncoder``: SPLADE) encodes through its own
+``encode_query`` / ``encode_document`` into sparse term vectors, searched by exact sparse dot products.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from retrdistill.encoding.engine import encode_texts
 from retrdistill.validation.metrics import ValidationView
 
 log = logging.getLogger(__name__)
+
+
+def is_sparse_model(model) -> bool:
+    """Whether ``model`` is a sentence-transformers ``SparseEncoder`` (sparse term vectors, not embeddings)."""
+    from sentence_transformers import SparseEncoder
+
+    return isinstance(model, SparseEncoder)
 CORPUS_SLICE = 8192  # passages handed to the engine per call (bounded memory for the texts)
 
 
@@ -66,7 +74,7 @@ class LabelFreeEvaluator(BaseEvaluator):
         """The student's embeddings of the held-out queries and of the corpus (or of the candidates only)."""
         corpus = self.corpus
         normalize = should_normalize(model)
-        queries = encode_texts(model, [g.query for g in self.groups], batch_size=self.batch_size, normalize=normalize)
+        queries = self._encode(model, [g.query for g in self.groups], "query", normalize)
         row = corpus.row_index()
         if any(m.search_depth() > 0 for m in self.metrics):
             passages = self._encode_rows(model, None, normalize, "validation: encoding the corpus")
@@ -84,11 +92,24 @@ class LabelFreeEvaluator(BaseEvaluator):
             for start in range(0, n, CORPUS_SLICE):
                 texts = (self.corpus.texts(start, min(n, start + CORPUS_SLICE)) if rows is None
                          else self.corpus.texts_at(rows[start:start + CORPUS_SLICE]))
-                parts.append(encode_texts(model, texts, batch_size=self.batch_size, normalize=normalize,
-                                          on_progress=bar.update))
+                parts.append(self._encode(model, texts, "document", normalize, on_progress=bar.update))
         finally:
             bar.close()
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if len(parts) == 1:
+            return parts[0]
+        if is_sparse_model(model):
+            import scipy.sparse as sp
+
+            return sp.vstack(parts, format="csr")
+        return np.concatenate(parts)
+
+    def _encode(self, model, texts: list[str], role: str, normalize: bool, on_progress=None):
+        """Dense embeddings (an array), or for a sparse model its ``role`` term vectors (a CSR matrix)."""
+        if is_sparse_model(model):
+            from retrdistill.encoding.sparse import encode_sparse
+
+            return encode_sparse(model, texts, role=role, batch_size=self.batch_size, on_progress=on_progress)
+        return encode_texts(model, texts, batch_size=self.batch_size, normalize=normalize, on_progress=on_progress)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"groups": len(self.groups), "metrics": [m.fingerprint() for m in self.metrics]}

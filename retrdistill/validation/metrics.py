@@ -42,6 +42,8 @@ class ValidationView:
         rows = [int(self.doc_row[d]) for d in self.groups[i].docids]
         if self.passage_row is not None:
             rows = [self.passage_row[r] for r in rows]
+        if _is_sparse(self.passages):
+            return np.asarray((self.passages[rows] @ self.queries[i].T).toarray(), dtype=np.float32).ravel()
         return self.passages[rows] @ self.queries[i]
 
     def search(self, k: int) -> np.ndarray:
@@ -50,10 +52,46 @@ class ValidationView:
         if self.passage_row is not None:
             raise ValueError("a corpus search needs the whole corpus encoded")
         if k not in self._ranked:
-            from retrdistill.encoding.search import exact_search
+            if _is_sparse(self.passages):
+                self._ranked[k] = sparse_top_k(self.queries, self.passages, k)
+            else:
+                from retrdistill.encoding.search import exact_search
 
-            self._ranked[k] = exact_search(self.queries, self.passages, k)
+                self._ranked[k] = exact_search(self.queries, self.passages, k)
         return self._ranked[k][1]
+
+
+def _is_sparse(matrix: Any) -> bool:
+    import scipy.sparse as sp
+
+    return sp.issparse(matrix)
+
+
+SCORE_BLOCK_FLOATS = 1 << 24  # dense query x passage scores held at once by sparse_top_k (128 MB of float64)
+
+
+def sparse_top_k(queries, passages, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` ``(scores, rows)`` by sparse dot product (CSR ``queries`` x CSR ``passages``), best first,
+    ties by row, -1 where the corpus has fewer than ``k`` passages. The queries' dense score rows are made a
+    block at a time, at most ``SCORE_BLOCK_FLOATS`` scores, so memory stays bounded as the corpus grows."""
+    n, docs = queries.shape[0], passages.shape[0]
+    k_eff = min(k, docs)
+    scores = np.zeros((n, k), dtype=np.float32)
+    rows = np.full((n, k), -1, dtype=np.int64)
+    if k_eff == 0:
+        return scores, rows
+    by_term = passages.T.tocsr()
+    block = max(1, SCORE_BLOCK_FLOATS // max(1, docs))
+    for start in range(0, n, block):
+        dense = np.asarray((queries[start:start + block] @ by_term).toarray(), dtype=np.float64)
+        for j, row in enumerate(dense):
+            head = np.argpartition(-row, k_eff - 1)[:k_eff] if k_eff < docs else np.arange(docs)
+            cut = row[head].min()
+            head = np.flatnonzero(row >= cut)  # every passage tied with the k-th, so ties go by row
+            top = head[np.lexsort((head, -row[head]))][:k_eff]
+            scores[start + j, :k_eff] = row[top]
+            rows[start + j, :k_eff] = top
+    return scores, rows
 
 
 def reciprocal_rank(ranked: list[str], positives: set[str], k: int) -> float:

@@ -9,7 +9,10 @@ Both take chat prompts (lists of ``{"role", "content"}`` messages) and return on
 * ``openai``: ``POST {base_url}/chat/completions`` (or ``/completions``) of vLLM, TGI, llama.cpp's server,
   ``transformers serve``, ... with requests in parallel threads, a timeout each, and retries with exponential
   back-off on a refused connection, a timeout, HTTP 429 or 5xx. A server that stays down, refuses a request
-  (4xx) or answers malformed JSON is an :class:`LLMError` naming the endpoint.
+  (4xx) or answers malformed JSON is an :class:`LLMError` naming the endpoint. Redirects are followed only
+  to the same origin (scheme, host and port) and only when they keep the POST (307, 308): the key is never
+  sent to another origin, and a redirect that would turn the POST into a GET (301, 302, 303) is an error
+  naming the endpoint and where it redirected to.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -249,6 +253,43 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+class _RedirectRefused(Exception):
+    """A redirect the client does not follow; the message says why and where it pointed."""
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only when it keeps both the origin and the POST (307, 308), re-sending the same body
+    and headers; any other is refused (:class:`_RedirectRefused`) before anything is sent to its target."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib's hook)
+        method = req.get_method()
+        problem = None
+        if _origin(newurl) != _origin(req.full_url):
+            problem = f"another origin (HTTP {code}); not followed, so the request and its key stay here"
+        elif code in (301, 302, 303) and method not in ("GET", "HEAD"):
+            problem = f"HTTP {code}, which would turn the {method} into a GET; not followed"
+        elif code not in (307, 308):
+            problem = f"HTTP {code}; not followed"
+        if problem is not None:
+            fp.close()
+            raise _RedirectRefused(f"the server redirected to {newurl}: {problem}")
+        return urllib.request.Request(newurl, data=req.data, headers=dict(req.headers), method=method,
+                                      origin_req_host=req.origin_req_host, unverifiable=True)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+
+
 class OpenAIClient(LLMClient):
     """An OpenAI-compatible server: ``api: chat`` posts messages to ``/chat/completions``; ``api: completions``
     posts the prompt joined as plain text to ``/completions``. The key, when the server needs one, is read from
@@ -343,8 +384,10 @@ class OpenAIClient(LLMClient):
                 time.sleep(delay)
             request = urllib.request.Request(url, data=data, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.options.timeout_s) as response:
+                with _OPENER.open(request, timeout=self.options.timeout_s) as response:
                     raw = response.read()
+            except _RedirectRefused as exc:
+                raise LLMError(f"{url}: {exc}; set base_url to where the server really answers") from None
             except urllib.error.HTTPError as exc:
                 detail = exc.read()[:300].decode("utf-8", "replace")
                 if exc.code == 429 or exc.code >= 500:

@@ -8,6 +8,11 @@ sampling parameters are generated in one batch of up to ``batch_size`` prompts. 
 HTTP 400: ``stream``, ``n`` > 1, logprobs, tools. A request naming another model than the served one is HTTP 404.
 Without ``temperature`` a request samples at 1.0, as OpenAI's API does; without ``seed`` it samples with seed 13.
 Errors are answered in OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
+
+What one request may send is bounded before it is read: a POST needs a ``Content-Length`` (HTTP 411 without one,
+400 when it is not a non-negative integer) of at most ``max_body_bytes`` (HTTP 413 above; 8 MiB by default), and
+a ``/completions`` request holds at most ``max_prompts`` prompts (HTTP 400 above; 256 by default). A refused body
+is never read, so its connection is closed after the answer.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from retrdistill.llm.client import Completion, GenerationParams, TransformersCli
 
 log = logging.getLogger(__name__)
 UNSUPPORTED = ("stream", "logprobs", "tools", "functions", "response_format")
+MAX_BODY_BYTES = 8 << 20
+MAX_PROMPTS = 256
 
 
 class RequestError(Exception):
@@ -123,8 +130,12 @@ class LLMServer:
     :meth:`serve_forever` blocks; :meth:`start` serves from a background thread (embedding, tests)."""
 
     def __init__(self, client: TransformersClient, *, name: str, host: str = "127.0.0.1", port: int = 8000,
-                 batch_wait_s: float = 0.02, max_tokens_limit: int = 2048) -> None:
+                 batch_wait_s: float = 0.02, max_tokens_limit: int = 2048, max_body_bytes: int = MAX_BODY_BYTES,
+                 max_prompts: int = MAX_PROMPTS) -> None:
+        if max_body_bytes < 1 or max_prompts < 1:
+            raise ConfigError("serve-llm: max_body_bytes and max_prompts must be at least 1")
         self.client, self.name, self.max_tokens_limit = client, name, max_tokens_limit
+        self.max_body_bytes, self.max_prompts = max_body_bytes, max_prompts
         self.requests = 0
         self._lock = threading.Lock()
         self._created = int(time.time())
@@ -193,6 +204,9 @@ class LLMServer:
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise RequestError(400, "'prompt' must be a string or a non-empty list of strings")
+        if len(prompts) > self.max_prompts:
+            raise RequestError(400, f"'prompt' holds {len(prompts)} prompts; this server takes at most "
+                                    f"{self.max_prompts} a request (send the rest in further requests)")
         if body.get("echo") or body.get("suffix"):
             raise RequestError(400, "'echo' and 'suffix' are not supported")
         done = self._run(prompts, True, self._params(body, default_max_tokens=16))
@@ -269,8 +283,7 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0].rstrip("/")
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
+                raw = self.rfile.read(self._body_length())
                 if path not in self.routes_post:
                     raise RequestError(404, f"no route POST {path}", "not_found")
                 try:
@@ -286,6 +299,26 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
                 log.exception("serve-llm: %s failed", path)
                 self._error(RequestError(500, f"generation failed: {exc}", "server_error"))
 
+        def _body_length(self) -> int:
+            """The announced body length, refused (and the connection closed after the answer: the body is
+            left unread) when it is missing, malformed or over the server's limit."""
+            given = self.headers.get_all("Content-Length") or []
+            if not given:
+                self.close_connection = True
+                raise RequestError(411, "a POST needs a Content-Length header (chunked bodies are not accepted)",
+                                   "length_required")
+            text = given[0].strip()
+            if len(set(given)) > 1 or not (text.isascii() and text.isdigit()):
+                self.close_connection = True
+                raise RequestError(400, f"the Content-Length header must be one non-negative integer, got "
+                                        f"{', '.join(given)!r:.100}")
+            length = int(text)
+            if length > server.max_body_bytes:
+                self.close_connection = True
+                raise RequestError(413, f"the request body is {length} bytes; this server takes at most "
+                                        f"{server.max_body_bytes} bytes", "request_too_large")
+            return length
+
         def _error(self, exc: RequestError) -> None:
             self._send(exc.status, {"error": {"message": str(exc), "type": exc.kind, "code": exc.status}})
 
@@ -294,6 +327,8 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -304,10 +339,12 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, name: str | None = None,
-          options: dict[str, Any] | None = None, batch_wait_s: float = 0.02, threads: int | None = None) -> None:
+          options: dict[str, Any] | None = None, batch_wait_s: float = 0.02, threads: int | None = None,
+          max_body_bytes: int = MAX_BODY_BYTES, max_prompts: int = MAX_PROMPTS) -> None:
     """Load ``model`` (a hub name, folder or ``offline:NAME``; ``options`` of the ``transformers`` client) and
     serve it under ``name`` (default: ``model``) until interrupted. ``threads``: torch's CPU threads (fewer than
-    the cores when the machine is shared: oversubscribed threads slow generation down many times)."""
+    the cores when the machine is shared: oversubscribed threads slow generation down many times).
+    ``max_body_bytes`` and ``max_prompts``: the most one request may send (larger ones are refused unread)."""
     from retrdistill import registry
 
     if threads is not None:
@@ -318,7 +355,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, name: str | 
         torch.set_num_threads(threads)
 
     client = registry.build("llm", "transformers", {**(options or {}), "model": model})
-    server = LLMServer(client, name=name or model, host=host, port=port, batch_wait_s=batch_wait_s)
+    server = LLMServer(client, name=name or model, host=host, port=port, batch_wait_s=batch_wait_s,
+                       max_body_bytes=max_body_bytes, max_prompts=max_prompts)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

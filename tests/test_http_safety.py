@@ -106,8 +106,8 @@ def test_a_redirect_that_turns_the_post_into_a_get_is_an_error(code, monkeypatch
     monkeypatch.setenv(KEY_ENV, "sk-secret")
     server = _redirecting(code, "/elsewhere/answer.json")  # same origin; GET there answers valid-looking JSON
     try:
-        endpoint = f"{server.root}/v1/chat/completions"
-        with pytest.raises(LLMError, match=rf"{endpoint}: .*redirected to {server.root}/elsewhere/answer.json.*POST into a GET"):
+        endpoint, target = f"{server.root}/v1/chat/completions", f"{server.root}/elsewhere/answer.json"
+        with pytest.raises(LLMError, match=rf"{endpoint}: .*redirected to {target}.*POST into a GET"):
             _client(server.root).generate(PROMPT, GenerationParams())
         assert [r["method"] for r in server.seen] == ["POST"]  # the GET was never sent
     finally:

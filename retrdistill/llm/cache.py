@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,21 @@ from retrdistill.parts import LLMClient
 
 log = logging.getLogger(__name__)
 _SEQ = itertools.count()
+
+
+# .NAME.@HOST.PID-TOKEN.tmp (retrdistill.artefacts.atomic_path; HOST has no dots), or .NAME.PID-TOKEN.tmp from
+# before hosts were recorded
+_TEMP_NAMES = (re.compile(r"\.(?P<name>.+)\.@[A-Za-z0-9_-]+\.\d+-[^./]*\.tmp"),
+               re.compile(r"\.(?P<name>.+)\.\d+-[^./]*\.tmp"))
+
+
+def _temp_target(temp: str) -> str | None:
+    """The file a temporary's name says it was to become (None: not one of atomic_path's temporaries)."""
+    for pattern in _TEMP_NAMES:
+        m = pattern.fullmatch(temp)
+        if m:
+            return m.group("name")
+    return None
 
 
 def input_hash(values: dict[str, str]) -> str:
@@ -58,8 +74,8 @@ class GenerationCache:
     def lookup(self, namespace: Path, wanted: set[str]) -> dict[str, str]:
         """input hash -> text for the wanted inputs already generated (and a killed run's unfinished shard
         removed)."""
-        for tmp in namespace.glob(".*.tmp"):
-            remove_stale_temps(namespace / tmp.name[1:].rsplit(".", 2)[0])
+        for name in {_temp_target(tmp.name) for tmp in namespace.glob(".*.tmp")} - {None}:
+            remove_stale_temps(namespace / name)
         found: dict[str, str] = {}
         shards = self.shards(namespace)
         for _, row in self._rows(shards):

@@ -9,7 +9,12 @@ A corpus is encoded once per (model, corpus, settings) into ``cache_dir/sparse/<
    killed build resumes at the first missing shard and memory holds one shard at a time;
 2. when every shard exists, the term-major posting lists (term -> passage rows and weights, the CSC layout of
    the BM25 index) are scattered into memory-mapped ``.npy`` files by
-   :func:`retrdistill.indexers.postings.write_term_major`; ``meta.json`` is written last and the shards removed.
+   :func:`retrdistill.indexers.postings.write_term_major` in a per-writer temporary folder, then renamed into
+   place; ``meta.json`` is written last and the shards removed.
+
+Concurrent writers of one folder are safe as they are for dense embeddings (a
+:class:`~retrdistill.encoding.corpus.WriterClaim` each; shards shared, finished ones skipped; the first to
+finish wins and the others reuse its postings; only the last writer out removes the shards).
 
 The postings folder is what the ``sparse`` indexer saves in an index folder (hard-linked when it can) and what
 evaluation searches when it indexes a corpus itself.
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from retrdistill import progress
-from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
-from retrdistill.encoding.corpus import shard_plan
+from retrdistill.artefacts import atomic_path, fingerprint_obj, remove_stale_temps, write_json_atomic
+from retrdistill.encoding.corpus import WriterClaim, shard_plan, temp_prefix
 from retrdistill.errors import ConfigError
 from retrdistill.models import model_fingerprint, resolve_model
 
@@ -227,8 +234,6 @@ def postings_key(model_ref: str, corpus, settings: SparseSettings) -> str:
 def corpus_postings(model_ref: str, corpus, cache_dir: str | Path, settings: SparseSettings = SparseSettings(), *,
                     model=None) -> SparsePostings:
     """The term-major postings of every passage under ``model_ref``; built (resumably) on the first call."""
-    from retrdistill.indexers.postings import write_term_major
-
     folder = Path(cache_dir) / "sparse" / postings_key(model_ref, corpus, settings)[:24]
     meta_path = folder / "meta.json"
     if meta_path.is_file():
@@ -237,19 +242,47 @@ def corpus_postings(model_ref: str, corpus, cache_dir: str | Path, settings: Spa
         raise ConfigError(f"sparse encoding: shard_size and batch_size must be positive, got {settings}")
     model = model or load_sparse_encoder(model_ref, max_seq_length=settings.max_seq_length)
     vocab = sparse_dim(model)
+    claim = WriterClaim(folder, leftovers=("shards-*", ".postings.tmp"))  # the latter: older versions' scatter
+    finished = False
+    try:
+        if not meta_path.is_file():  # else another writer finished while this one loaded its model
+            _build_postings(model, model_ref, corpus, folder, settings, vocab)
+        finished = True
+    finally:
+        claim.release(finished)
+    meta = json.loads(meta_path.read_text())
+    return SparsePostings(folder, meta)
+
+
+def _build_postings(model, model_ref: str, corpus, folder: Path, settings: SparseSettings, vocab: int) -> None:
+    """Encode the missing shards, then scatter them into postings in this writer's own temporary folder and
+    rename the files into place and write ``meta.json``, unless another writer finished first (then its
+    postings stand and this one's work is dropped)."""
+    from retrdistill.indexers.postings import write_term_major
+
+    meta_path = folder / "meta.json"
     shards = folder / f"shards-{settings.shard_size}"
     n = len(corpus)
     starts, todo, done = shard_plan(shards, n, settings.shard_size, ".npz")
     log.info("sparse-encoding %d passages with %s: %d of %d shards to do", n, model_ref, len(todo), len(starts))
     bar = progress.bar(n, f"sparse-encode {Path(model_ref).name}", "psg", initial=done)
     for start in todo:
+        if meta_path.is_file():
+            break
+        path = shards / f"{start:012d}.npz"
+        if path.is_file():  # finished by another writer meanwhile
+            bar.update(min(settings.shard_size, n - start))
+            continue
         texts = corpus.texts(start, start + settings.shard_size)
         matrix = encode_sparse(model, texts, role="document", batch_size=settings.batch_size,
                                max_active_dims=settings.max_active_dims, on_progress=bar.update)
-        with atomic_path(shards / f"{start:012d}.npz") as tmp, open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, indptr=matrix.indptr.astype(np.int64), terms=matrix.indices.astype(np.int32),
                      weights=matrix.data.astype(np.float32))
     bar.close()
+    if meta_path.is_file():
+        log.info("sparse-encoding %s: another writer finished it; using its postings", model_ref)
+        return
 
     def shard_rows(start: int):
         with np.load(shards / f"{start:012d}.npz") as z:
@@ -260,21 +293,22 @@ def corpus_postings(model_ref: str, corpus, cache_dir: str | Path, settings: Spa
     doc_freq = np.zeros(vocab, dtype=np.int64)
     for start in starts:
         doc_freq += np.bincount(shard_rows(start)[0], minlength=vocab)[:vocab]
-    build = folder / ".postings.tmp"
-    shutil.rmtree(build, ignore_errors=True)  # a killed scatter restarts from the shards
-    build.mkdir()
-    bar = progress.bar(len(starts), "sparse postings", "shard")
-    nnz = write_term_major(build, doc_freq, (shard_rows(s) for s in starts), names=POSTING_FILES,
-                           on_chunk=lambda: bar.update())
-    bar.close()
-    for name in POSTING_FILES:
-        (build / name).replace(folder / name)
-    build.rmdir()
+    remove_stale_temps(folder / "postings")  # a killed writer's scatter
+    build = Path(tempfile.mkdtemp(prefix=temp_prefix("postings"), suffix=".tmp", dir=folder))
+    try:
+        bar = progress.bar(len(starts), "sparse postings", "shard")
+        nnz = write_term_major(build, doc_freq, (shard_rows(s) for s in starts), names=POSTING_FILES,
+                               on_chunk=lambda: bar.update())
+        bar.close()
+        if meta_path.is_file():
+            log.info("sparse-encoding %s: another writer finished it first; using its postings", model_ref)
+            return
+        for name in POSTING_FILES:
+            os.replace(build / name, folder / name)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     meta = {"model": model_ref, "documents": n, "vocab_size": vocab, "postings": nnz,
             "doc_terms": nnz / n if n else 0.0, "corpus": corpus.fingerprint, "settings": asdict(settings),
             "format": "retrdistill-sparse-postings-v1"}
     write_json_atomic(meta_path, meta)
-    for old in folder.glob("shards-*"):
-        shutil.rmtree(old, ignore_errors=True)
     log.info("sparse postings: %d passages, %d postings (%.1f terms a passage)", n, nnz, meta["doc_terms"])
-    return SparsePostings(folder, meta)

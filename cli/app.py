@@ -419,14 +419,18 @@ def list_parts() -> None:
 def models(
     fetch: Annotated[Optional[list[str]], typer.Option(help="Materialise this offline model now; repeatable.")] = None,
 ) -> None:
-    """List the offline models (offline:NAME) and materialise them into the cache."""
-    from retrdistill.models import OFFLINE_MODELS, materialise
+    """List the offline models (offline:NAME): size on disk when materialised, licence, summary; --fetch
+    materialises one into the cache."""
+    from retrdistill.models import OFFLINE_MODELS, materialise, models_dir
 
     for name in fetch or []:
         typer.echo(f"{name}: {_run(materialise, name)}")
+    typer.echo(f"offline models in {models_dir()}:")
     for name, spec in OFFLINE_MODELS.items():
-        state = "ready" if spec.ready() else "not yet materialised"
-        typer.echo(f"  offline:{name:<20} {state:<22} {spec.summary}")
+        size = spec.size_on_disk()
+        state = "not materialised" if size is None else f"{size / 2**20:,.1f} MiB"
+        typer.echo(f"  offline:{name:<28} {state:<17} {spec.licence}")
+        typer.echo(f"      {spec.summary}")
 
 
 def main() -> None:

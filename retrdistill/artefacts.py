@@ -29,7 +29,9 @@ from typing import Any
 from retrdistill.errors import ManifestError
 
 FORMAT = "retrdistill-artefact"
-FORMAT_VERSION = 2
+# 3: keys built from part fingerprints (output-neutral options left out), paths relative to the workdir or the
+# project folder, the corpus in the train key, and the major versions of the model libraries (``KEYED_LIBRARIES``)
+FORMAT_VERSION = 3
 # kinds of the artefacts format version 1 wrote, which did not record their kind
 _V1_KINDS = {"queries": "queries", "mine": "candidates", "score": "scores", "train": "student", "index": "index",
              "eval": "eval", "leaderboard": "eval", "student": "student"}
@@ -136,6 +138,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_temp_owner()}-", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; an artefact folder gets the user's usual mode
     try:
         yield tmp
         if path.exists():
@@ -148,6 +151,50 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LockedError(ManifestError):
+    """Another process holds the lock of an artefact (or of a pipeline's workdir)."""
+
+
+@contextlib.contextmanager
+def artefact_lock(path: str | Path, *, what: str = "artefact") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a sibling file ``.NAME.lock``) or raise :class:`LockedError` naming
+    the holder (host, pid, since when). The operating system releases it when the holder exits, however it
+    exits, so a killed run never leaves it held. Ranks above 0 of a torchrun job do not lock (rank 0 writes)."""
+    import fcntl
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.with_name(f".{path.name}.lock")
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask() | 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(f"{path}: this {what} is being written by {holder}; wait for it to finish "
+                              f"(the lock is {lock_path}, released when that process exits)") from None
+        try:  # the holder before us removes the file on release: lock the file that is there now
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # while still held, so no one can lock the file being removed
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -207,6 +254,7 @@ class Manifest:
     memory: dict[str, Any] = field(default_factory=dict)  # peak_rss_mb, peak_anon_mb (retrdistill.memory)
     kind: str = ""  # the artefact kind (retrdistill.kinds)
     step: str = ""  # the pipeline step id that wrote it, when a pipeline did
+    settings: dict[str, Any] = field(default_factory=dict)  # the config as given, output-neutral options too (not keyed)
     created: str = ""
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -217,8 +265,51 @@ class Manifest:
         return fingerprint_obj({"key": self.key, "outputs": self.outputs})
 
 
-def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str]) -> str:
-    return fingerprint_obj({"stage": stage, "config": config, "inputs": inputs, "format_version": FORMAT_VERSION})
+# Libraries whose major version changes what a model computes (weights as saved, scores, embeddings): a stage that
+# runs models keys its artefact on their major versions, so an upgrade across a major version rebuilds it. Minor
+# and patch versions, and every other library, are recorded in the manifest but not keyed.
+KEYED_LIBRARIES = ("sentence-transformers", "transformers")
+
+
+def keyed_versions() -> dict[str, str]:
+    """``{library: major version}`` of :data:`KEYED_LIBRARIES` as installed ("absent" where one is not)."""
+    from importlib import metadata
+
+    out = {}
+    for name in KEYED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name).split(".")[0]
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str], *, versions: dict[str, str] | None = None) -> str:
+    """The key of an artefact: stage, config (as keyed), input fingerprints, the artefact format version and,
+    for a stage that runs models, the major versions of :data:`KEYED_LIBRARIES`."""
+    what = {"stage": stage, "config": config, "inputs": inputs, "format_version": FORMAT_VERSION}
+    if versions:
+        what["versions"] = versions
+    return fingerprint_obj(what)
+
+
+def portable(value: Any, places: list[tuple[Path, str]]) -> Any:
+    """``value`` with every absolute path string under one of ``places`` (folder, label) written relative to it
+    (``label + relative path``), so a key does not change when the project folder is copied or moved. Content is
+    keyed separately (input fingerprints); other strings are unchanged."""
+    if isinstance(value, dict):
+        return {k: portable(v, places) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v, places) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        path = Path(value)
+        for folder, label in places:
+            try:
+                rel = path.relative_to(folder)
+            except ValueError:
+                continue
+            return label + rel.as_posix()
+    return value
 
 
 def library_versions(*names: str) -> dict[str, str]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from retrdistill.errors import ConfigError
@@ -226,21 +229,65 @@ def _check_base(found: Entry, cls: Any) -> None:
                           f"retrdistill.parts.{base.__name__}; subclass it to register it as a {found.kind}")
 
 
-def make_options(cls: Any, options: dict[str, Any], *, label: str) -> Any:
-    """Instantiate ``cls.Options`` from a dict, rejecting unknown keys with the list of known ones."""
+def make_options(cls: Any, options: dict[str, Any], *, label: str, where: str | None = None,
+                 path: str | Path | None = None, lines: Mapping[tuple[str, ...], int | None] | None = None,
+                 at: tuple[str, ...] = (), line: int | None = None) -> Any:
+    """Instantiate ``cls.Options`` from a dict, rejecting unknown keys with the list of known ones, values of the
+    wrong type (by the field's annotation) and numbers outside the field's declared range (its metadata, see
+    :mod:`retrdistill.validate`); options that name another part (``teacher_options``, ensemble ``members``)
+    are checked the same way. Values are passed on as given.
+
+    ``where`` names the options in errors (``<where>.<option>: expected ...``; default ``<label> options``).
+    A pipeline passes its file as ``path``, the lines of its keys as ``lines`` (key path -> line, ``at``
+    being the path of these options) and the line of the options themselves as ``line``."""
+    from retrdistill import validate
+
+    context = f"{where}: " if where else ""  # a pipeline's: which step and key the options are under
+    where = where or f"{label} options"
+    lines = lines or {}
+
+    def line_of(key: str) -> int | None:
+        found = lines.get((*at, key))
+        return found if found is not None else line
+
     options_cls = getattr(cls, "Options", None)
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of options for {label}, got {type(options).__name__} "
+                          f"{options!r}", path, line)
     known = {f.name for f in dataclasses.fields(options_cls)} if options_cls is not None else set()
     if not known:
         if options:
-            raise ConfigError(f"{label} takes no options, got: {', '.join(options)}")
+            raise ConfigError(f"{context}{label} takes no options, got: {', '.join(map(str, options))}", path,
+                              line_of(str(next(iter(options)))))
         return options_cls() if options_cls is not None else None
-    unknown = sorted(set(options) - known)
+    unknown = [k for k in options if k not in known]
     if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {label}; expected: {', '.join(sorted(known))}")
+        raise ConfigError(f"{context}unknown option(s) {', '.join(sorted(map(str, unknown)))} for {label}; "
+                          f"expected: {', '.join(sorted(known))}", path, line_of(str(unknown[0])))
+    for key, value in options.items():
+        validate.check_value(options_cls, key, value, f"{where}.{key}", path, line_of(key), convert=False,
+                             lines=lines, at=(*at, key))
+    validate.part_options(options_cls, options, what=where, path=path, lines=lines, at=at, line=line)
     try:
         return options_cls(**options)
+    except ConfigError as exc:
+        if exc.path is not None or path is None:
+            raise
+        raise ConfigError(f"{where}: {exc.problem}", path, _named_line(exc.problem, options, line_of, line)) from None
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad options for {label}: {exc}") from exc
+        raise ConfigError(f"{context or f'bad options for {label}: '}{exc}", path,
+                          _named_line(str(exc), options, line_of, line)) from exc
+
+
+def _named_line(problem: str, options: Mapping[str, Any], line_of, line: int | None) -> int | None:
+    """The line of the first given option that ``problem`` names (an ``Options`` check's own message), else
+    ``line``."""
+    for key in options:
+        if re.search(rf"(?<![\w]){re.escape(str(key))}(?![\w])", problem):
+            return line_of(str(key))
+    return line
 
 
 def describe() -> dict[str, list[dict[str, str]]]:

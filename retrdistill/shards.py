@@ -28,6 +28,9 @@ from retrdistill.errors import ConfigError
 
 T = TypeVar("T")
 _FORM = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+# the config key under which a shard's step records what its rows depend on (batch sizes, corpus rows): keyed for
+# the shard, left out of the merged (unsharded) artefact's key
+SHARD_LAYOUT = "shard_layout"
 SHARD_HELP = ("Run only shard I/N of the input rows (0-based I, contiguous ranges), e.g. 0/4; merge the N shard "
               "folders with `retrdistill merge` (empty: the whole input).")
 

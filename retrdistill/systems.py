@@ -36,7 +36,8 @@ class SystemOutput:
 
 def models_by_content(options: Any) -> Any:
     """``options`` with every string option named ``model``, at any depth of dicts and lists, replaced by the
-    content fingerprint of that model (so a model retrained at the same path changes what keys on it)."""
+    content fingerprint of that model (so a model retrained at the same path changes what keys on it), and every
+    absolute path of a finished artefact folder by its manifest's fingerprint (content, not location)."""
     from retrdistill.models import model_fingerprint
 
     if isinstance(options, dict):
@@ -44,6 +45,12 @@ def models_by_content(options: Any) -> Any:
                 for key, value in options.items()}
     if isinstance(options, (list, tuple)):
         return [models_by_content(value) for value in options]
+    if isinstance(options, str) and options.startswith("/"):  # an artefact folder (an "@step" reference): by content
+        from retrdistill.artefacts import read_manifest
+
+        manifest = read_manifest(options) if Path(options).is_dir() else None
+        if manifest is not None:
+            return {"artefact": manifest.fingerprint}
     return options
 
 
@@ -102,8 +109,8 @@ class BM25System(OptionsSystem):
 
     @dataclass
     class Options:
-        k1: float = 1.5
-        b: float = 0.75
+        k1: float = field(default=1.5, metadata={"min": 0})
+        b: float = field(default=0.75, metadata={"min": 0, "max": 1})
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
@@ -132,8 +139,8 @@ class DenseSystem(OptionsSystem):
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
-        batch_size: int = 64
-        max_seq_length: int | None = None
+        batch_size: int = field(default=64, metadata={"min": 1})
+        max_seq_length: int | None = field(default=None, metadata={"min": 1})
         backend: str = "torch"
 
         def __post_init__(self) -> None:
@@ -175,8 +182,8 @@ class SparseSystem(OptionsSystem):
     @dataclass
     class Options:
         model: str = "offline:tiny-bert-mlm"
-        max_seq_length: int | None = None
-        max_active_dims: int | None = None
+        max_seq_length: int | None = field(default=None, metadata={"min": 1})
+        max_active_dims: int | None = field(default=None, metadata={"min": 1})
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
@@ -215,13 +222,19 @@ class IndexSystem(EvalSystem):
         from retrdistill.artefacts import fingerprint_obj, read_manifest
         from retrdistill.encoding.backends import output_key
 
+        from retrdistill.retriever import index_model_fingerprints, not_an_index
+
         manifest = read_manifest(self.options.path)
         if manifest is None or manifest.kind != "index":
-            raise ConfigError(f"eval system 'index': {self.options.path!r} is not a finished index")
+            raise ConfigError(f"eval system 'index': {not_an_index(self.options.path, manifest)}")
         changes = output_key(self.options.backend) if self.options.backend is not None else None
-        if changes is None:
+        built, now = index_model_fingerprints(self.options.path, manifest=manifest)
+        if built == now and changes is None:
             return manifest.fingerprint
-        return fingerprint_obj({"index": manifest.fingerprint, "backend": changes})
+        # the model as it is now keys the evaluation too: a model changed since indexing makes the evaluation
+        # stale (and the search refuses the index, naming both fingerprints)
+        extra = {"model_now": now} if built != now else {}
+        return fingerprint_obj({"index": manifest.fingerprint, **({"backend": changes} if changes else {}), **extra})
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
@@ -280,7 +293,7 @@ class TeacherSystem(OptionsSystem):
     @dataclass
     class Options:
         teacher: str = "bi-encoder"
-        options: dict[str, Any] = field(default_factory=dict)
+        options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "teacher", "name": "teacher"}})
 
     example_options: ClassVar[dict[str, Any]] = {"options": {"model": "offline:all-MiniLM-L6-v2"}}
     example_variants: ClassVar[dict[str, Any]] = {"teacher": "cross-encoder",
@@ -359,8 +372,8 @@ class FusedSystem(OptionsSystem):
     class Options:
         systems: list[str] = field(default_factory=list)
         method: str = "rrf"
-        weights: list[float] | None = None  # wsum: one per system
-        k: int = 60  # rrf
+        weights: list[float] | None = field(default=None, metadata={"min": 0})  # wsum: one per system
+        k: int = field(default=60, metadata={"min": 0})  # rrf
         norm: str | None = "default"  # the method's own normalisation; see retrdistill.evaluation.fusion
 
         def __post_init__(self) -> None:

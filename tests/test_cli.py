@@ -230,7 +230,7 @@ def test_stages_run_one_by_one_from_the_cli(small_collection, tmp_path):
     result = runner.invoke(app, ["queries", *common, "--out", str(queries), "-o", "num_queries=7", "-o", "seed=3"])
     assert result.exit_code == 0, result.output
     manifest = read_manifest(queries)
-    assert manifest.config["options"] == {"num_queries": 7, "seed": 3}
+    assert manifest.settings["options"] == {"num_queries": 7, "seed": 3}  # as given; keyed by the source's fingerprint
     assert manifest.counts["queries"] == 7
     candidates = tmp_path / "candidates"
     result = runner.invoke(app, ["mine", *common, "--queries", str(queries), "--out", str(candidates),

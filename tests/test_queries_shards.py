@@ -38,7 +38,7 @@ def test_inverse_cloze_shards_merge_into_the_unsharded_artefact(small_collection
 
     other = run_queries(QueriesConfig(options={**options, "seed": 5}, shard="2/3"), small_collection,
                         tmp_path / "foreign", cache_dir=cache)
-    with pytest.raises(ManifestError, match="foreign shard.*config differs in options"):
+    with pytest.raises(ManifestError, match="foreign shard.*inputs differ in source"):
         run_merge([tmp_path / "q.0", tmp_path / "q.1", other.out_dir], tmp_path / "bad", cache_dir=cache)
     with pytest.raises(ManifestError, match="shard\\(s\\) 1/3 .*missing"):
         run_merge([tmp_path / "q.0", tmp_path / "q.2"], tmp_path / "bad", cache_dir=cache)

@@ -160,7 +160,7 @@ def test_a_merge_with_a_missing_unfinished_duplicated_or_foreign_shard_is_refuse
         run_merge([*shards, shards[1]], tmp_path / "out")
     other = run_score(ScoreConfig(options={**TEACHER, "max_seq_length": 32}, shard="3/4"), small_collection,
                       upstream_dirs / "candidates", tmp_path / "foreign", cache_dir=tmp_path / "cache")
-    with pytest.raises(ManifestError, match=f"{other.out_dir}: foreign shard .*config differs in options"):
+    with pytest.raises(ManifestError, match=f"{other.out_dir}: foreign shard .*inputs differ in teacher"):
         run_merge([*shards[:3], other.out_dir], tmp_path / "out")
     wrong_count = run_score(ScoreConfig(options=TEACHER, shard="1/2"), small_collection, upstream_dirs / "candidates",
                             tmp_path / "half", cache_dir=tmp_path / "cache")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -179,7 +181,7 @@ def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages
     from retrdistill.stages.train import TrainConfig, run_train
 
     cache, scores = scored
-    assert read_manifest(scores).config["options"]["model"] == TEACHER["model"]
+    assert read_manifest(scores).settings["options"]["model"] == TEACHER["model"]
     cfg = TrainConfig(student="pruned", options={"model": "offline:tiny-bert-mlm", "max_seq_length": 64},
                       negatives_per_query=3, max_steps=2, batch_size=4, learning_rate=1e-4,
                       embedding_distill=2.0, matryoshka_dims=[128, 32], truncate_dim=32, save_untrained=True)
@@ -195,7 +197,9 @@ def test_train_stage_distils_embeddings_into_a_truncated_pruned_student(passages
     assert baseline.get_embedding_dimension() == 128  # as declared: no truncation, no training
     declared = registry.build("student", "pruned", cfg.options).load()
     np.testing.assert_allclose(baseline.encode(TEXTS), declared.encode(TEXTS), atol=1e-6)
-    assert result.manifest.config == config_dict(cfg)  # the whole config keys the artefact
+    # the config keys the artefact, the student's options through its fingerprint; all of it is recorded
+    assert result.manifest.config == {k: v for k, v in config_dict(cfg).items() if k not in ("options", "checkpoint_steps")}
+    assert result.manifest.settings == json.loads(json.dumps(config_dict(cfg)))
     assert run_train(cfg, scores, passages, tmp_path / "student", cache_dir=cache).skipped
 
 

@@ -245,7 +245,8 @@ def load_qrels(
     Accepts BEIR's ``query-id<TAB>corpus-id<TAB>score`` and TREC's ``qid iter docid grade``. Grades must be
     integers. A first line whose grade is not an integer is a header (skipped and counted); anywhere else it
     is an error. Judgments of queries not in ``query_ids`` are dropped and counted; judged documents missing
-    from ``corpus_ids`` are kept (they are relevant but unretrievable) and counted.
+    from ``corpus_ids`` are kept (they are relevant but unretrievable) and counted. A file that judges queries,
+    none of them in ``query_ids``, is a DataError (the qrels of another collection, or ids written differently).
     """
     path = Path(path)
     if not path.is_file():
@@ -291,6 +292,13 @@ def load_qrels(
         report.rows += 1
         if corpus_ids is not None and doc_id not in corpus_ids:
             report.unknown_documents += 1
+    if report.unknown_queries and not qrels:
+        dropped = sum(report.unknown_queries.values())
+        raise DataError(path, None, f"none of the {len(report.unknown_queries)} judged queries ({dropped} judgment "
+                                    f"rows) is one of the {len(query_ids)} queries of the queries file (judged, "
+                                    f"e.g.: {', '.join(map(repr, list(report.unknown_queries)[:3]))}; queries, "
+                                    f"e.g.: {', '.join(map(repr, list(query_ids)[:3]))}); are these the qrels of "
+                                    f"another collection?")
     if report.unknown_queries:
         log.warning("%s: dropped %d judgments of %d queries absent from the queries file", path,
                     sum(report.unknown_queries.values()), len(report.unknown_queries))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,9 +37,9 @@ class InverseClozeGenerator(QuerySource):
 
     @dataclass
     class Options:
-        num_queries: int = 2000
-        min_words: int = 4
-        max_words: int = 12
+        num_queries: int = field(default=2000, metadata={"min": 1})
+        min_words: int = field(default=4, metadata={"min": 1})
+        max_words: int = field(default=12, metadata={"min": 1})
         seed: int = 13
 
         def __post_init__(self) -> None:
@@ -95,7 +95,7 @@ class SplitQueries(QuerySource):
     @dataclass
     class Options:
         split: str = "train"
-        max_queries: int | None = None
+        max_queries: int | None = field(default=None, metadata={"min": 1})
         seed: int = 13
 
     example_variants: ClassVar[dict[str, Any]] = {"split": "test"}

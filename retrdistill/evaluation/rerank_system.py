@@ -39,8 +39,9 @@ class RerankSystem(OptionsSystem):
     class Options:
         system: str = ""  # the earlier system whose run is re-ranked
         teacher: str = "cross-encoder"
-        options: dict[str, Any] = field(default_factory=dict)  # the teacher's options, e.g. {model: "@ce"}
-        depth: int = 100
+        # the teacher's options, e.g. {model: "@ce"}
+        options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "teacher", "name": "teacher"}})
+        depth: int = field(default=100, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             from retrdistill import registry

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,7 +17,7 @@ class PositivePercentile(CandidateFilter):
 
     @dataclass
     class Options:
-        percentile: float = 10.0
+        percentile: float = field(default=10.0, metadata={"min": 0, "max": 100})
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.percentile <= 100.0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,7 +18,7 @@ class PositiveRank(CandidateFilter):
 
     @dataclass
     class Options:
-        max_rank: int = 1
+        max_rank: int = field(default=1, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.max_rank < 1:

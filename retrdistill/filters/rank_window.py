@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,8 +15,8 @@ class RankWindow(CandidateFilter):
 
     @dataclass
     class Options:
-        min_rank: int = 1
-        max_rank: int = 1000
+        min_rank: int = field(default=1, metadata={"min": 1})
+        max_rank: int = field(default=1000, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if not 1 <= self.min_rank <= self.max_rank:

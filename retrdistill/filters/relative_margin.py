@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,7 +18,7 @@ class RelativeMargin(CandidateFilter):
 
     @dataclass
     class Options:
-        ratio: float = 0.05
+        ratio: float = field(default=0.05, metadata={"min": 0})
         reference: str = "min"
 
         def __post_init__(self) -> None:

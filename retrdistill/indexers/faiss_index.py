@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,7 +50,7 @@ class FaissIndexer(Indexer):
     @dataclass
     class Options:
         use_gpu: str = "auto"  # auto | always | never
-        shard_size: int = 4096
+        shard_size: int = field(default=4096, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.use_gpu not in ("auto", "always", "never"):
@@ -190,9 +190,9 @@ class IVFIndexer(FaissIndexer):
 
     @dataclass
     class Options(FaissIndexer.Options):
-        nlist: int = 0
-        nprobe: int = 16
-        train_size: int = 200_000
+        nlist: int = field(default=0, metadata={"min": 0})
+        nprobe: int = field(default=16, metadata={"min": 1})
+        train_size: int = field(default=200_000, metadata={"min": 1})
 
     def make(self, dim: int, n: int):
         import faiss
@@ -211,9 +211,9 @@ class HNSWIndexer(FaissIndexer):
 
     @dataclass
     class Options(FaissIndexer.Options):
-        m: int = 32
-        ef_construction: int = 200
-        ef_search: int = 128
+        m: int = field(default=32, metadata={"min": 2})
+        ef_construction: int = field(default=200, metadata={"min": 1})
+        ef_search: int = field(default=128, metadata={"min": 1})
 
     def make(self, dim: int, n: int):
         import faiss

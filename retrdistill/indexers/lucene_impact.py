@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,12 +68,16 @@ class LuceneImpactSystem(EvalSystem):
     @dataclass
     class Options:
         path: str = ""  # a sparse index folder, or a sparse model
-        factor: float = 100.0  # document weights -> round(w * factor)
-        query_factor: float = 100.0  # query weights -> round(w * query_factor)
+        # document weights -> round(w * factor)
+        factor: float = field(default=100.0, metadata={"min": 0, "exclusive_min": True})
+        # query weights -> round(w * query_factor)
+        query_factor: float = field(default=100.0, metadata={"min": 0, "exclusive_min": True})
         terms: str = "tokens"  # Lucene terms: vocabulary tokens, or term ids ("ids")
-        max_seq_length: int | None = None  # a model's token limit (an index folder keeps its own)
-        max_active_dims: int | None = None  # a model's top terms per vector (an index folder keeps its own)
-        threads: int = 1
+        # a model's token limit (an index folder keeps its own)
+        max_seq_length: int | None = field(default=None, metadata={"min": 1})
+        # a model's top terms per vector (an index folder keeps its own)
+        max_active_dims: int | None = field(default=None, metadata={"min": 1})
+        threads: int = field(default=1, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if not self.path:

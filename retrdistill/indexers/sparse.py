@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -91,8 +91,8 @@ class SparseIndexer(Indexer):
 
     @dataclass
     class Options:
-        shard_size: int = 2048
-        max_active_dims: int | None = None
+        shard_size: int = field(default=2048, metadata={"min": 1})
+        max_active_dims: int | None = field(default=None, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.shard_size < 1:

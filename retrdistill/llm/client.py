@@ -121,9 +121,9 @@ class TransformersClient(LLMClient):
         model: str = "offline:qwen2.5-coder-0.5b-instruct"
         gguf_file: str | None = None
         chat_template: bool | None = None
-        max_input_tokens: int = 1024
+        max_input_tokens: int = field(default=1024, metadata={"min": 8})
         dtype: str = "float32"
-        batch_size: int = 8
+        batch_size: int = field(default=8, metadata={"min": 1})
         device: str | None = None
 
         def __post_init__(self) -> None:
@@ -304,11 +304,11 @@ class OpenAIClient(LLMClient):
         api: str = "chat"
         extra_body: dict[str, Any] = field(default_factory=dict)
         api_key_env: str = "OPENAI_API_KEY"
-        concurrency: int = 4
-        timeout_s: float = 120.0
-        retries: int = 5
-        backoff_s: float = 1.0
-        max_backoff_s: float = 30.0
+        concurrency: int = field(default=4, metadata={"min": 1})
+        timeout_s: float = field(default=120.0, metadata={"min": 0, "exclusive_min": True})
+        retries: int = field(default=5, metadata={"min": 0})
+        backoff_s: float = field(default=1.0, metadata={"min": 0})
+        max_backoff_s: float = field(default=30.0, metadata={"min": 0})
 
         def __post_init__(self) -> None:
             if not self.model:

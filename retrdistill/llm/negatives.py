@@ -39,16 +39,17 @@ class LLMNegatives(Miner):
     @dataclass
     class Options:
         llm: str = "transformers"
-        llm_options: dict[str, Any] = field(default_factory=dict)
+        llm_options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "llm", "name": "llm"}})
         template: str = "negative"
-        negatives_per_query: int = 1
-        max_new_tokens: int = 96
-        temperature: float = 0.0
-        top_p: float = 1.0
+        negatives_per_query: int = field(default=1, metadata={"min": 1})
+        max_new_tokens: int = field(default=96, metadata={"min": 1})
+        temperature: float = field(default=0.0, metadata={"min": 0})
+        top_p: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True, "max": 1})
         seed: int = 13
-        min_words: int = 8
+        min_words: int = field(default=8, metadata={"min": 1})
         combine: str | None = "bm25"
-        combine_options: dict[str, Any] = field(default_factory=dict)
+        combine_options: dict[str, Any] = field(default_factory=dict, metadata={
+            "part": {"kind": "miner", "name": "combine"}})
 
         def __post_init__(self) -> None:
             registry.entry("llm", self.llm)

@@ -53,22 +53,23 @@ class LLMQueries(QuerySource):
     @dataclass
     class Options:
         llm: str = "transformers"
-        llm_options: dict[str, Any] = field(default_factory=dict)
+        llm_options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "llm", "name": "llm"}})
         template: str = "inpars"
-        num_passages: int = 200
-        queries_per_passage: int = 1
+        num_passages: int = field(default=200, metadata={"min": 1})
+        queries_per_passage: int = field(default=1, metadata={"min": 1})
         query_types: list[str] = field(default_factory=lambda: list(DEFAULT_TYPES))
-        max_passage_chars: int = 1200
-        min_passage_words: int = 8
-        max_new_tokens: int = 32
-        temperature: float = 0.0
-        top_p: float = 1.0
+        max_passage_chars: int = field(default=1200, metadata={"min": 1})
+        min_passage_words: int = field(default=8, metadata={"min": 0})
+        max_new_tokens: int = field(default=32, metadata={"min": 1})
+        temperature: float = field(default=0.0, metadata={"min": 0})
+        top_p: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True, "max": 1})
         seed: int = 13
-        min_words: int = 2
-        max_words: int = 24
+        min_words: int = field(default=2, metadata={"min": 1})
+        max_words: int = field(default=24, metadata={"min": 1})
         filter_teacher: str | None = None
-        filter_teacher_options: dict[str, Any] = field(default_factory=dict)
-        filter_top_k: int = 10
+        filter_teacher_options: dict[str, Any] = field(default_factory=dict, metadata={
+            "part": {"kind": "teacher", "name": "filter_teacher"}})
+        filter_top_k: int = field(default=10, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             registry.entry("llm", self.llm)
@@ -105,9 +106,13 @@ class LLMQueries(QuerySource):
                                 seed=o.seed + sample, stop=("\n",))
 
     def fingerprint(self) -> dict[str, Any]:
+        from retrdistill.systems import models_by_content
+
         opts = asdict(self.options)
         opts.pop("llm_options")  # the client's fingerprint says what of them matters
         opts["template"] = self.template.digest
+        # the filter teacher's model by content: retrained or edited weights change which queries are kept
+        opts["filter_teacher_options"] = models_by_content(opts["filter_teacher_options"])
         return {"source": "llm", "llm": self.client.fingerprint(), "options": opts}
 
     def input_files(self) -> list[Path]:

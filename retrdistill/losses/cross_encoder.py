@@ -29,7 +29,7 @@ a temperature of 0.05). LambdaLoss reads the labels as gains ``2^label - 1`` wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import nn
@@ -89,8 +89,8 @@ class CrossEncoderLambda(CrossEncoderLoss):
     @dataclass
     class Options:
         weighting: str = "ndcg-loss2pp"
-        k: int | None = None
-        sigma: float = 1.0
+        k: int | None = field(default=None, metadata={"min": 1})
+        sigma: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True})
 
         def __post_init__(self) -> None:
             if self.weighting not in LAMBDA_WEIGHTINGS:
@@ -117,7 +117,7 @@ class CrossEncoderRankNet(CrossEncoderLoss):
 
     @dataclass
     class Options:
-        sigma: float = 1.0
+        sigma: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True})
 
         def __post_init__(self) -> None:
             if self.sigma <= 0:
@@ -144,7 +144,7 @@ class CrossEncoderADRMSE(CrossEncoderLoss):
 
     @dataclass
     class Options:
-        alpha: float = 1.0
+        alpha: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True})
 
         def __post_init__(self) -> None:
             if self.alpha <= 0:

@@ -6,7 +6,7 @@ Inputs (both): a dataset with columns ``query, positive, negative_1 .. negative_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -41,7 +41,7 @@ class ListwiseKL(Loss):
 
     @dataclass
     class Options:
-        temperature: float = 0.05
+        temperature: float = field(default=0.05, metadata={"min": 0, "exclusive_min": True})
 
         def __post_init__(self) -> None:
             if self.temperature <= 0:

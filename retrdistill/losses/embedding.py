@@ -42,9 +42,11 @@ class EmbeddingOptions:
 
     distance: str = "mse"  # mse (per element), l2 (euclidean per text) or cosine (1 - cos)
     teacher: str | None = None  # a registered bi-encoder teacher; None: the teacher that scored the data
-    teacher_options: dict[str, Any] = field(default_factory=dict)
+    teacher_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "part": {"kind": "teacher", "name": "teacher"}})
     projection_init: str = "least-squares"  # or "random"; used only when the widths differ
-    projection_sample: int = 1024  # training texts the least-squares start is fitted on
+    # training texts the least-squares start is fitted on
+    projection_sample: int = field(default=1024, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,8 +26,8 @@ class BM25Miner(Miner):
 
     @dataclass
     class Options:
-        k1: float = 1.5
-        b: float = 0.75
+        k1: float = field(default=1.5, metadata={"min": 0})
+        b: float = field(default=0.75, metadata={"min": 0, "max": 1})
         method: str = "lucene"
         stopwords: str | None = "en"
         stemmer: str | None = "english"

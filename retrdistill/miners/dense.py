@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,8 +21,8 @@ class DenseMiner(Miner):
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
-        batch_size: int = 64
-        max_seq_length: int | None = None
+        batch_size: int = field(default=64, metadata={"min": 1})
+        max_seq_length: int | None = field(default=None, metadata={"min": 1})
 
     output_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
     corpus: Corpus

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,10 +123,11 @@ class LuceneBM25Miner(Miner):
 
     @dataclass
     class Options:
-        k1: float = 0.9  # Anserini's defaults (tuned on MS MARCO passages); bm25s's are 1.5 / 0.75
-        b: float = 0.4
+        # Anserini's defaults (tuned on MS MARCO passages); bm25s's are 1.5 / 0.75
+        k1: float = field(default=0.9, metadata={"min": 0})
+        b: float = field(default=0.4, metadata={"min": 0, "max": 1})
         stemmer: str = "porter"
-        threads: int = 1
+        threads: int = field(default=1, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.stemmer not in ("porter", "krovetz", "none"):
@@ -220,8 +221,8 @@ class LuceneBM25System(OptionsSystem):
 
     @dataclass
     class Options:
-        k1: float = 0.9
-        b: float = 0.4
+        k1: float = field(default=0.9, metadata={"min": 0})
+        b: float = field(default=0.4, metadata={"min": 0, "max": 1})
         stemmer: str = "porter"
 
     example_variants: ClassVar[dict[str, Any]] = {"stemmer": "krovetz"}

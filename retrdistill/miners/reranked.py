@@ -28,10 +28,12 @@ class RerankedMiner(Miner):
     @dataclass
     class Options:
         teacher: str = ""
-        teacher_options: dict[str, Any] = field(default_factory=dict)
+        teacher_options: dict[str, Any] = field(default_factory=dict, metadata={
+            "part": {"kind": "teacher", "name": "teacher"}})
         first_stage: str = "bm25"
-        first_stage_options: dict[str, Any] = field(default_factory=dict)
-        first_depth: int = 100
+        first_stage_options: dict[str, Any] = field(default_factory=dict, metadata={
+            "part": {"kind": "miner", "name": "first_stage"}})
+        first_depth: int = field(default=100, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if not self.teacher:

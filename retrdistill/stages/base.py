@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill.artefacts import (
+    FORMAT_VERSION,
     Manifest,
+    artefact_lock,
     atomic_dir,
     fingerprint_path,
+    keyed_versions,
     library_versions,
+    portable,
     read_manifest,
     stage_key,
     verify_outputs,
@@ -99,13 +103,26 @@ class Work:
     body: Callable[[Path], dict[str, Any]]  # writes the files into a temporary folder, returns counts
     step: str = ""  # the pipeline step id, recorded in the manifest (not part of the key)
     distributed: bool = False  # under torchrun, every rank runs the body (rank 0 alone writes the artefact)
+    # the config as given (output-neutral options too), recorded in the manifest as ``settings``; not keyed
+    settings: dict[str, Any] | None = None
+    # the project folder: absolute paths under it (or under the workdir, ``out_dir``'s parent) are keyed relative
+    # to it, so a copied or moved project keeps its keys; None: the current directory
+    base: Path | None = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
 
     @property
+    def keyed_config(self) -> dict[str, Any]:
+        """The config as keyed and recorded: absolute paths inside the workdir or the project folder made
+        relative (``@workdir/...`` and ``./...``)."""
+        base = Path(self.base) if self.base is not None else Path.cwd()
+        places = [(self.out_dir.parent.resolve(), "@workdir/"), (base.resolve(), "./")]
+        return _jsonable(portable(self.config, places))
+
+    @property
     def key(self) -> str:
-        return stage_key(self.stage, self.config, self.inputs)
+        return stage_key(self.stage, self.keyed_config, self.inputs, versions=keyed_versions())
 
     def status(self) -> tuple[str, str]:
         """``(state, why)``: state is ``current``, ``new`` or ``stale``; why says what changed."""
@@ -115,15 +132,33 @@ class Work:
         if existing.key == self.key:
             bad = verify_outputs(self.out_dir, existing)
             return ("stale", f"files changed: {', '.join(bad[:3])}") if bad else ("current", "up to date")
-        if existing.config != _jsonable(self.config):
-            changed = sorted(k for k in set(existing.config) | set(self.config)
-                             if existing.config.get(k) != _jsonable(self.config).get(k))
+        config = self.keyed_config
+        if existing.config != config:
+            changed = sorted(k for k in set(existing.config) | set(config) if existing.config.get(k) != config.get(k))
             return "stale", f"config changed: {', '.join(changed) or 'format'}"
         changed = sorted(k for k in set(existing.inputs) | set(self.inputs) if existing.inputs.get(k) != self.inputs.get(k))
-        return "stale", f"input changed: {', '.join(changed) or 'format'}"
+        if not changed and existing.format_version != FORMAT_VERSION:
+            return "stale", f"written by artefact format version {existing.format_version}, now {FORMAT_VERSION}"
+        if not changed:
+            versions = keyed_versions()
+            moved = sorted(k for k in versions if str(existing.versions.get(k, "")).split(".")[0] != versions[k])
+            return "stale", f"library major version changed: {', '.join(moved) or 'format'}"
+        return "stale", f"input changed: {', '.join(changed)}"
 
     def run(self, *, force: bool = False) -> StageResult:
-        """Do the work unless ``out_dir`` already holds it; swap the result in atomically, manifest last."""
+        """Do the work unless ``out_dir`` already holds it; swap the result in atomically, manifest last.
+
+        One writer at a time: a lock beside ``out_dir`` is held while the work runs, and a second process asked
+        to write the same artefact is refused with the holder's host and pid (it is released when the holder
+        exits, however it exits)."""
+        with artefact_lock(self.out_dir):
+            return self._run_locked(force)
+
+    def _run_locked(self, force: bool) -> StageResult:
+        if self.out_dir.exists() or self.out_dir.is_symlink():
+            if not self.out_dir.is_dir() or self.out_dir.is_symlink():
+                raise ManifestError(f"{self.out_dir}: exists and is not an artefact folder (a file or a link); "
+                                    f"refusing to replace it: move it away or choose another output folder")
         existing = read_manifest(self.out_dir)
         if existing is None and self.out_dir.is_dir() and any(self.out_dir.iterdir()):
             raise ManifestError(f"{self.out_dir}: exists, is not empty and holds no retrdistill manifest; refusing to overwrite it")
@@ -134,14 +169,15 @@ class Work:
             log.info("%s: up to date in %s, skipped", self.stage, self.out_dir)
             return StageResult(self.stage, self.out_dir, existing, skipped=True)
         if existing is not None:
-            log.info("%s: %s is stale (config, inputs or files changed); rebuilding", self.stage, self.out_dir)
+            log.info("%s: %s is stale (%s); rebuilding", self.stage, self.out_dir, self.status()[1])
         if distributed_rank() > 0:
             return self._run_on_other_rank(key)
         started = time.perf_counter()
         with atomic_dir(self.out_dir) as tmp, PeakMemory() as memory:
             counts = self.body(tmp)
-            manifest = Manifest(stage=self.stage, kind=self.kind, step=self.step, key=key, config=self.config, inputs=self.inputs,
-                                counts=counts, versions=library_versions(*VERSIONED),
+            manifest = Manifest(stage=self.stage, kind=self.kind, step=self.step, key=key, config=self.keyed_config,
+                                inputs=self.inputs, counts=counts, versions=library_versions(*VERSIONED),
+                                settings=_jsonable(self.settings) if self.settings is not None else {},
                                 seconds=round(time.perf_counter() - started, 3), memory=memory.report())
             write_manifest(tmp, manifest)
         log.info("%s: done in %.1fs (peak RSS %s MB) -> %s", self.stage, manifest.seconds,
@@ -164,7 +200,7 @@ class Work:
                 time.sleep(1.0)
         with tempfile.TemporaryDirectory(prefix=f"retrdistill-{self.stage}-rank{rank}-") as tmp:
             counts = self.body(Path(tmp))
-        manifest = Manifest(stage=self.stage, kind=self.kind, step=self.step, key=key, config=self.config,
+        manifest = Manifest(stage=self.stage, kind=self.kind, step=self.step, key=key, config=self.keyed_config,
                             inputs=self.inputs, counts=counts)
         return StageResult(self.stage, self.out_dir, manifest, skipped=False)
 
@@ -186,6 +222,13 @@ def execute(stage: str, kind: str, out_dir: str | Path, config: dict[str, Any], 
             body: Callable[[Path], dict[str, Any]], *, force: bool = False) -> StageResult:
     """``Work(...).run()`` in one call, for parts that write an artefact outside a pipeline step."""
     return Work(stage, kind, Path(out_dir), config, inputs, body).run(force=force)
+
+
+def keyed_part_config(config: dict[str, Any], *option_fields: str) -> dict[str, Any]:
+    """``config`` without the raw part options in ``option_fields``: the part's fingerprint, which the stage puts
+    in its inputs, keys what of them changes output (models by content, output-neutral options such as
+    ``batch_size`` left out). The options as given are still recorded, in the manifest's ``settings``."""
+    return {k: v for k, v in config.items() if k not in option_fields}
 
 
 # ------------------------------------------------------------------ stages as pipeline steps

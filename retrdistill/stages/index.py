@@ -21,23 +21,26 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import registry
-from retrdistill.artefacts import atomic_path, write_json_atomic
+from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomic
 from retrdistill.data.beir import open_collection
 from retrdistill.encoding.backends import backend_info, output_key
 from retrdistill.errors import ConfigError
 from retrdistill.models import model_fingerprint
-from retrdistill.shards import SHARD_HELP, corpus_slice, parse_shard, shard_rows
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
+from retrdistill.shards import SHARD_HELP, SHARD_LAYOUT, corpus_slice, parse_shard, shard_rows
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config
+from retrdistill.validate import check_ranges
 
 
 @dataclass
 class IndexConfig:
     indexer: str = field(default="faiss-flat", metadata={"help": "Index family."})
     options: dict[str, Any] = field(default_factory=dict,
-                                    metadata={"help": "Options of the indexer, e.g. -o nlist=1024."})
-    batch_size: int = field(default=64, metadata={"help": "Passages per encoding batch."})
+                                    metadata={"help": "Options of the indexer, e.g. -o nlist=1024.",
+                                              "part": {"kind": "indexer", "name": "indexer"}})
+    batch_size: int = field(default=64, metadata={"help": "Passages per encoding batch.", "min": 1})
     max_seq_length: int | None = field(default=None,
-                                       metadata={"help": "Token limit per passage; default: the model's own."})
+                                       metadata={"help": "Token limit per passage; default: the model's own.",
+                                                 "min": 1})
     backend: str = field(default="torch", metadata={
         "help": "Encoding backend: torch, or a CPU fast path: onnx, openvino (fp32, equal to torch), onnx-int8, "
                 "openvino-bf16 (faster, embeddings change slightly; see docs/fast-paths.md).",
@@ -52,6 +55,7 @@ class IndexConfig:
         parse_shard(self.shard)
         if self.backend not in BACKENDS:
             raise ConfigError(f"index backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
+        check_ranges(self, "index")
 
 
 def run_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_dir: str | Path, *,
@@ -70,9 +74,14 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
     shard = parse_shard(cfg.shard)
     rows = _shard_rows(cfg, indexer, shard, len(whole))
     corpus = corpus_slice(whole, rows)
-    inputs = {"corpus": whole.fingerprint, "model": model_fingerprint(model)}
-    config = {**config_dict(cfg), "model": model}
+    model_fp = model_fingerprint(model)
+    inputs = {"corpus": whole.fingerprint, "model": model_fp, "indexer": fingerprint_obj(indexer.fingerprint())}
+    # the model by content and the indexer by its fingerprint (output-neutral options such as shard_size left out);
+    # a shard's corpus rows are keyed where they depend on the encoding block
+    config = keyed_part_config(config_dict(cfg), "options")
     config.pop("batch_size")
+    if shard is not None:
+        config[SHARD_LAYOUT] = {"rows": [rows.start, rows.stop]}
     # the backend keys the artefact only where it changes the embeddings (int8, bf16); fp32 ONNX / OpenVINO build
     # the index torch builds (they share its embedding cache), so they keep its key
     config.pop("backend", None)
@@ -93,6 +102,7 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
             "indexer": cfg.indexer,
             "options": cfg.options,
             "model": _portable(model, out_dir),
+            "model_fingerprint": model_fp,  # a search refuses a model that no longer matches (retrdistill.retriever)
             "model_type": indexer.model_type,
             "max_seq_length": cfg.max_seq_length,
             "backend": cfg.backend,
@@ -108,7 +118,7 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
         return {"documents": len(corpus), **counts, "index_bytes": indexer.index_bytes(tmp),
                 "backend": backend_info(encoder)}
 
-    return Work("index", "index", out_dir, config, inputs, body)
+    return Work("index", "index", out_dir, config, inputs, body, settings={**config_dict(cfg), "model": model})
 
 
 def _shard_rows(cfg: IndexConfig, indexer, shard, total: int) -> range:

@@ -29,13 +29,13 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retrdistill.artefacts import Manifest, atomic_path
 from retrdistill.errors import ConfigError, DataError, ManifestError
-from retrdistill.shards import Shard, parse_shard, shard_file
+from retrdistill.shards import SHARD_LAYOUT, Shard, parse_shard, shard_file
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, upstream
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class ShardSet:
     kind: str
     config: dict[str, Any]  # the shards' config without ``shard``: the unsharded step's config
     inputs: dict[str, str]
+    settings: dict[str, Any] = field(default_factory=dict)  # the shards' config as given, without ``shard``
 
 
 def check_shards(shard_dirs: list[str | Path]) -> ShardSet:
@@ -99,9 +100,10 @@ def check_shards(shard_dirs: list[str | Path]) -> ShardSet:
                             f"missing or unfinished (given: {', '.join(str(found[i][0]) for i in sorted(found))}); "
                             f"run them first, every shard 0..{count - 1} is needed")
     ordered = [found[i] for i in range(count)]
-    config = {k: v for k, v in first[1].config.items() if k != "shard"}
+    config = {k: v for k, v in first[1].config.items() if k not in ("shard", SHARD_LAYOUT)}
+    settings = {k: v for k, v in first[1].settings.items() if k != "shard"}
     return ShardSet([f for f, _, _ in ordered], [m for _, m, _ in ordered], [s for _, _, s in ordered],
-                    first[1].stage, first[1].kind, config, dict(first[1].inputs))
+                    first[1].stage, first[1].kind, config, dict(first[1].inputs), settings)
 
 
 def _check_same(ref: tuple[Path, Manifest, Shard], other: tuple[Path, Manifest, Shard]) -> None:
@@ -111,7 +113,7 @@ def _check_same(ref: tuple[Path, Manifest, Shard], other: tuple[Path, Manifest, 
         raise ManifestError(f"{foreign} a {m.stage} {m.kind!r} artefact, expected {ref_m.stage} {ref_m.kind!r}")
     if shard.count != ref_s.count:
         raise ManifestError(f"{foreign} shard {shard.label} of {shard.count}, expected one of {ref_s.count}")
-    strip = lambda c: {k: v for k, v in c.items() if k != "shard"}  # noqa: E731
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("shard", SHARD_LAYOUT)}  # noqa: E731
     if strip(m.config) != strip(ref_m.config):
         keys = sorted(k for k in set(strip(m.config)) | set(strip(ref_m.config))
                       if m.config.get(k) != ref_m.config.get(k))
@@ -141,7 +143,8 @@ def prepare_merge(shard_dirs: list[str | Path], out_dir: str | Path, *, cache_di
         log.info("merge: %d %s shards of %s -> %s", len(shards.dirs), shards.kind, shards.stage, out_dir)
         return counts
 
-    return Work(shards.stage, shards.kind, Path(out_dir), shards.config, shards.inputs, body)
+    return Work(shards.stage, shards.kind, Path(out_dir), shards.config, shards.inputs, body,
+                settings=shards.settings or None)
 
 
 def _merge_concatenated(shards: ShardSet, tmp: Path, **_: Any) -> dict[str, Any]:
@@ -174,7 +177,8 @@ def _merge_queries(shards: ShardSet, tmp: Path, *, cache_dir: str | Path | None,
     if cache_dir is None:
         raise ConfigError("merge: query shards need the cache folder (cache_dir) their source ran with")
     config = shards.config
-    source = registry.build("query_generator", config["source"], config.get("options") or {}, cache_dir=Path(cache_dir))
+    given = shards.settings or config  # the source's options as given (the key holds its fingerprint instead)
+    source = registry.build("query_generator", config["source"], given.get("options") or {}, cache_dir=Path(cache_dir))
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora") if collection_dir is not None else None
     train = source.combine(collection, [read_queries(folder) for folder in shards.dirs])
     counts = _summed_counts(shards.manifests)

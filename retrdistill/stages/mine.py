@@ -24,8 +24,9 @@ from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
 from retrdistill.kinds import EXTRA_PASSAGES, CandidateGroup, candidate_row, read_queries
 from retrdistill.llm.passages import PREFIX as GENERATED_PREFIX, write_passages
-from retrdistill.shards import SHARD_HELP, parse_shard, shard_rows
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.shards import SHARD_HELP, SHARD_LAYOUT, parse_shard, shard_rows
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config, upstream
+from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,27 @@ SAMPLINGS = ("random", "top", "all")
 @dataclass
 class MineConfig:
     miner: str = field(default="bm25", metadata={"help": "Candidate retriever."})
-    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the miner, e.g. -o k1=0.9."})
-    depth: int = field(default=100, metadata={"help": "Candidates retrieved per query."})
-    negatives: int = field(default=8, metadata={"help": "Negatives kept per query (ignored by sampling: all)."})
+    options: dict[str, Any] = field(default_factory=dict, metadata={"help": "Options of the miner, e.g. -o k1=0.9.",
+                                                                    "part": {"kind": "miner", "name": "miner"}})
+    depth: int = field(default=100, metadata={"help": "Candidates retrieved per query.", "min": 1})
+    negatives: int = field(default=8, metadata={"help": "Negatives kept per query (ignored by sampling: all).",
+                                                "min": 1})
     rank_min: int = field(default=1,
-                          metadata={"help": "Best rank a negative may have (1-based, known positives removed)."})
-    rank_max: int = field(default=100, metadata={"help": "Worst rank a negative may have."})
+                          metadata={"help": "Best rank a negative may have (1-based, known positives removed).",
+                                    "min": 1})
+    rank_max: int = field(default=100, metadata={"help": "Worst rank a negative may have.", "min": 1})
     sampling: str = field(default="random",
                           metadata={"help": "random (a seeded sample of the ranks in range), top (the best-ranked) "
                                             "or all (every rank in range, for a select step after scoring)."})
     seed: int = field(default=13, metadata={"help": "Seed of the random sampling."})
-    batch_queries: int = field(default=256, metadata={"help": "Queries searched per miner call."})
+    batch_queries: int = field(default=256, metadata={"help": "Queries searched per miner call.", "min": 1})
     shard: str = field(default="", metadata={"help": SHARD_HELP.replace("input rows", "training queries"),
                                              "omit_default": True})
 
     def __post_init__(self) -> None:
         registry.entry("miner", self.miner)
         parse_shard(self.shard)
+        check_ranges(self, "mine")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}")
         if not 1 <= self.rank_min <= self.rank_max:
@@ -111,7 +116,11 @@ def prepare_mine(cfg: MineConfig, collection_dir: str | Path, queries_dir: str |
                 tmp / EXTRA_PASSAGES, {d: t for d, t in generated.items() if d in picked_generated})
         return counts
 
-    return Work("mine", "candidates", Path(out_dir), config_dict(cfg), inputs, body)
+    config = keyed_part_config(config_dict(cfg), "options")  # the miner's fingerprint keys its options
+    config.pop("batch_queries")  # does not change the output, but for a shard's rows (cut in whole batches)
+    if cfg.shard:
+        config[SHARD_LAYOUT] = {"batch_queries": cfg.batch_queries}
+    return Work("mine", "candidates", Path(out_dir), config, inputs, body, settings=config_dict(cfg))
 
 
 def _pick_negatives(cfg: MineConfig, qid: str, hits: list[tuple[str, float]],

@@ -18,7 +18,8 @@ from retrdistill.data.beir import Collection, open_collection
 from retrdistill.data.pseudo_queries import check_no_eval_leak
 from retrdistill.kinds import write_queries
 from retrdistill.shards import SHARD_HELP, parse_shard
-from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input
+from retrdistill.artefacts import fingerprint_obj
+from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input, keyed_part_config
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 class QueriesConfig:
     source: str = field(default="inverse-cloze", metadata={"help": "Where training queries come from."})
     options: dict[str, Any] = field(default_factory=dict,
-                                    metadata={"help": "Options of the query source, e.g. -o num_queries=2000."})
+                                    metadata={"help": "Options of the query source, e.g. -o num_queries=2000.",
+                                              "part": {"kind": "query_generator", "name": "source"}})
     eval_split: str = field(default="test",  # its queries are never training queries...
                             metadata={"help": "Split whose queries are never training queries."})
     allow_eval_queries: bool = field(default=False,  # ...unless forced
@@ -49,11 +51,14 @@ def prepare_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str
                     cache_dir: str | Path) -> Work:
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     generator = registry.build("query_generator", cfg.source, cfg.options, cache_dir=Path(cache_dir))
-    inputs = {"corpus": collection.corpus.fingerprint, "queries": file_input(collection.root / "queries.jsonl")}
+    inputs = {"corpus": collection.corpus.fingerprint}
+    if (collection.root / "queries.jsonl").is_file():  # a corpus-only folder has none: label-free queries
+        inputs["queries"] = file_input(collection.root / "queries.jsonl")
     for split in collection.splits():
         inputs[f"qrels/{split}"] = file_input(collection.qrels_path(split))
     for i, extra in enumerate(generator.input_files()):
         inputs[f"file{i}"] = file_input(extra)
+    inputs["source"] = fingerprint_obj(generator.fingerprint())  # models by content, every output option
 
     def body(tmp: Path) -> dict[str, Any]:
         shard = parse_shard(cfg.shard)
@@ -64,7 +69,8 @@ def prepare_queries(cfg: QueriesConfig, collection_dir: str | Path, out_dir: str
         return {"queries": len(train.queries), "positives": sum(len(p) for p in train.positives.values()),
                 "eval_queries_used": leaked, **generator.counts()}
 
-    return Work("queries", "queries", Path(out_dir), config_dict(cfg), inputs, body)
+    return Work("queries", "queries", Path(out_dir), keyed_part_config(config_dict(cfg), "options"), inputs, body,
+                settings=config_dict(cfg))
 
 
 def eval_queries(collection: Collection, split: str) -> dict[str, str]:

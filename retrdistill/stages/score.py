@@ -18,9 +18,10 @@ from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.data.beir import open_collection
 from retrdistill.kinds import EXTRA_PASSAGES, ScoredGroup, count_rows, read_candidates, scored_row
 from retrdistill.llm.passages import passages_file, with_generated
-from retrdistill.shards import SHARD_HELP, parse_shard, shard_file, shard_rows, take_rows
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.shards import SHARD_HELP, SHARD_LAYOUT, parse_shard, shard_file, shard_rows, take_rows
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config, upstream
 from retrdistill.teachers.cache import CachedScorer, ScoreCache, score_through_cache
+from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,17 @@ log = logging.getLogger(__name__)
 class ScoreConfig:
     teacher: str = field(default="bi-encoder", metadata={"help": "Teacher kind."})
     options: dict[str, Any] = field(default_factory=dict,
-                                    metadata={"help": "Teacher options, e.g. -o model=offline:all-MiniLM-L6-v2."})
+                                    metadata={"help": "Teacher options, e.g. -o model=offline:all-MiniLM-L6-v2.",
+                                              "part": {"kind": "teacher", "name": "teacher"}})
     batch_queries: int = field(default=64,
-                               metadata={"help": "Query groups scored per teacher call (does not change the scores)."})
+                               metadata={"help": "Query groups scored per teacher call (does not change the scores).",
+                                         "min": 1})
     shard: str = field(default="", metadata={"help": SHARD_HELP, "omit_default": True})
 
     def __post_init__(self) -> None:
         registry.entry("teacher", self.teacher)
         parse_shard(self.shard)
+        check_ranges(self, "score")
 
 
 def build_teacher(cfg: ScoreConfig, collection_dir: str | Path, cache_dir: str | Path,
@@ -57,8 +61,10 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
     teacher = build_teacher(cfg, collection_dir, cache_dir, candidates_dir)
     teacher_fp = fingerprint_obj(teacher.fingerprint())
     inputs = {"candidates": upstream(candidates_dir, "candidates").fingerprint, "teacher": teacher_fp}
-    config = config_dict(cfg)
-    config.pop("batch_queries")  # does not change the output
+    config = keyed_part_config(config_dict(cfg), "options")  # the teacher's fingerprint keys its options
+    config.pop("batch_queries")  # does not change the output, but for a shard's rows (cut in whole batches)
+    if cfg.shard:
+        config[SHARD_LAYOUT] = {"batch_queries": cfg.batch_queries}
 
     def body(tmp: Path) -> dict[str, Any]:
         shard = parse_shard(cfg.shard)  # a shard scores its rows only, into its own cache file
@@ -111,7 +117,7 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
                 shutil.copyfile(generated, part)
         return {"groups": groups, "pairs_scored": scored, "pairs_from_cache": reused}
 
-    return Work("score", "scores", Path(out_dir), config, inputs, body)
+    return Work("score", "scores", Path(out_dir), config, inputs, body, settings=config_dict(cfg))
 
 
 STAGE = StageSpec(

@@ -31,6 +31,7 @@ from retrdistill.artefacts import atomic_path, fingerprint_obj
 from retrdistill.kinds import EXTRA_PASSAGES, ScoredGroup, count_rows, read_scores, scored_row
 from retrdistill.parts import CandidateFilter, FilterView
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,15 @@ QUANTILES = tuple(round(q, 2) for q in np.linspace(0.0, 1.0, 21))
 @dataclass
 class SelectConfig:
     filters: list[dict[str, Any]] = field(default_factory=list, metadata={
-        "help": "Filters in order, each {filter: NAME, options: {...}, action: drop|relabel}, as YAML."})
-    negatives: int = field(default=8, metadata={"help": "Negatives kept per query after filtering."})
+        "help": "Filters in order, each {filter: NAME, options: {...}, action: drop|relabel}, as YAML.",
+        "part": {"kind": "filter", "name": "filter", "each": True}})
+    negatives: int = field(default=8, metadata={"help": "Negatives kept per query after filtering.", "min": 1})
     sampling: str = field(default="top", metadata={
         "help": "top (best-ranked first), random (seeded) or spread (evenly from the top to the deepest rank)."})
     order: str = field(default="miner", metadata={
         "help": "Ranking that top/spread follow: the miner's ranks or the teacher's scores (highest first)."})
-    min_negatives: int = field(default=1, metadata={"help": "Drop a query left with fewer negatives than this."})
+    min_negatives: int = field(default=1, metadata={"help": "Drop a query left with fewer negatives than this.",
+                                                    "min": 0})
     keep_rejects: bool = field(default=False, metadata={"help": "Write every flagged candidate to rejects.jsonl."})
     seed: int = field(default=13, metadata={"help": "Seed of the random sampling."})
 
@@ -81,6 +84,7 @@ class SelectConfig:
                                  f"be 'drop'")
             if not isinstance(spec.get("options", {}), dict):
                 raise ValueError(f"{where}: options must be a mapping")
+        check_ranges(self, "select")
 
 
 @dataclass
@@ -137,7 +141,7 @@ def prepare_select(cfg: SelectConfig, scores_dir: str | Path, out_dir: str | Pat
         if (scores_dir / EXTRA_PASSAGES).is_file():  # generated passages travel with the groups that use them
             shutil.copyfile(scores_dir / EXTRA_PASSAGES, tmp / EXTRA_PASSAGES)
         counts = tally.counts()
-        counts["scored_by"] = scores_manifest.counts.get("scored_by", scores_manifest.config)
+        counts["scored_by"] = scores_manifest.counts.get("scored_by", scores_manifest.settings or scores_manifest.config)
         if counts["queries_kept"] == 0:
             raise ValueError(f"select: every query of {scores_dir} was dropped ({counts['queries_dropped']}); "
                              f"loosen the filters")

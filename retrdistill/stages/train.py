@@ -41,7 +41,17 @@ from typing import Any
 from retrdistill import registry
 from retrdistill.artefacts import fingerprint_obj
 from retrdistill.errors import ConfigError
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, distributed_rank, upstream
+from retrdistill.stages.base import (
+    StageResult,
+    StageSpec,
+    StepInput,
+    Work,
+    config_dict,
+    distributed_rank,
+    keyed_part_config,
+    upstream,
+)
+from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +59,46 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     student: str = "dense"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "student", "name": "student"}})
     loss: str = "margin-mse"
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    in_batch_negatives: float = 0.0  # weight of MultipleNegativesRankingLoss; 0 turns it off
-    negatives_per_query: int = 4
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 32
+    loss_options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "loss", "name": "loss"}})
+    # weight of MultipleNegativesRankingLoss; 0 turns it off
+    in_batch_negatives: float = field(default=0.0, metadata={"min": 0})
+    negatives_per_query: int = field(default=4, metadata={"min": 1})
+    epochs: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True})
+    max_steps: int = field(default=-1, metadata={"min": -1})  # -1: as many as the epochs take
+    batch_size: int = field(default=32, metadata={"min": 1})
     micro_batch_size: int | None = field(default=None, metadata={
         "help": "Rows per forward pass (gradients accumulated to batch_size rows per step): bounds the activation "
                 "memory. Only for objectives without batch-level terms (no in-batch negatives, no FLOPS).",
-        "omit_default": True})
-    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate."})
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
+        "omit_default": True, "min": 1})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate.", "min": 0,
+                                                         "exclusive_min": True})
+    warmup_ratio: float = field(default=0.1, metadata={"min": 0, "max": 1, "exclusive_max": True})
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
     seed: int = 13
-    loss_weight: float = 1.0  # weight of the score loss; 0 with embedding_distill > 0 distils embeddings only
-    embedding_distill: float = 0.0  # weight of embedding-level distillation; 0 turns it off
-    embedding_options: dict[str, Any] = field(default_factory=dict)  # distance, teacher, teacher_options
-    matryoshka_dims: list[int] = field(default_factory=list)  # also train the score parts at these widths
-    truncate_dim: int | None = None  # the saved student outputs its first truncate_dim dimensions
+    # weight of the score loss; 0 with embedding_distill > 0 distils embeddings only
+    loss_weight: float = field(default=1.0, metadata={"min": 0})
+    # weight of embedding-level distillation; 0 turns it off
+    embedding_distill: float = field(default=0.0, metadata={"min": 0})
+    embedding_options: dict[str, Any] = field(default_factory=dict, metadata={  # distance, teacher, teacher_options
+        "part": {"target": "retrdistill.losses.embedding:EmbeddingDistill"}})
+    # also train the score parts at these widths
+    matryoshka_dims: list[int] = field(default_factory=list, metadata={"min": 1})
+    # the saved student outputs its first truncate_dim dimensions
+    truncate_dim: int | None = field(default=None, metadata={"min": 1})
     save_untrained: bool = False  # also write the declared student before training to untrained/ (@step.untrained)
     validation: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "Label-free validation, e.g. fraction=0.1 metric=pseudo-mrr@10 every=epoch (empty: off).",
-        "omit_default": True})  # left out of the artefact's key while empty: existing artefacts stay current
+        "omit_default": True,  # left out of the artefact's key while empty: existing artefacts stay current
+        "part": {"target": "retrdistill.validation.split:ValidationSettings"}})
     teacher_scale: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "Rescale teacher scores before labels: mode=none|factor|standardise factor=1.0 (empty: none).",
-        "omit_default": True})  # see retrdistill.training.teacher_scale; canonical form, empty while none
+        "omit_default": True,  # see retrdistill.training.teacher_scale; canonical form, empty while none
+        "part": {"target": "retrdistill.training.teacher_scale:TeacherScale"}})
     checkpoint_steps: int = field(default=0, metadata={
         "help": "Save a resumable checkpoint every N steps; a killed run resumes from the last one (0: none).",
-        "omit_default": True})  # not part of the key: it does not change the trained weights
+        "omit_default": True, "min": 0})  # not part of the key: it does not change the trained weights
 
     def __post_init__(self) -> None:
         registry.entry("student", self.student)
@@ -109,6 +128,7 @@ class TrainConfig:
                                  "are the other rows of the whole batch")
         if self.checkpoint_steps < 0 or (self.checkpoint_steps and self.validation):
             raise ValueError("checkpoint_steps must be >= 0, and is not combined with validation (which saves its own)")
+        check_ranges(self, "train")
         if self.truncate_dim is not None and self.matryoshka_dims and self.truncate_dim not in self.matryoshka_dims:
             log.warning("truncate_dim %d is not one of matryoshka_dims %s: that width was not trained",
                         self.truncate_dim, self.matryoshka_dims)
@@ -166,8 +186,9 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
                              teacher_scale=cfg.teacher_scale_settings())
     objective = student.objective(loss, cfg.objective_settings(), sources)
     scores_manifest = upstream(scores_dir, "scores")
+    # the corpus the passage texts are read from is an input (scores name passages by id only)
     inputs = {"scores": scores_manifest.fingerprint, "student": fingerprint_obj(student.fingerprint()),
-              **objective.inputs()}
+              "corpus": sources.corpus.fingerprint, **objective.inputs()}
     validation = cfg.validation_settings()
 
     def body(tmp: Path) -> dict[str, Any]:
@@ -209,9 +230,9 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
             counts["dim"] = int(model.get_embedding_dimension())
         return counts
 
-    config = config_dict(cfg)
+    config = keyed_part_config(config_dict(cfg), "options")  # the student's fingerprint keys its options
     config.pop("checkpoint_steps", None)  # how often to checkpoint does not change the weights
-    work = Work("train", "student", Path(out_dir), config, inputs, body, distributed=True)
+    work = Work("train", "student", Path(out_dir), config, inputs, body, distributed=True, settings=config_dict(cfg))
     # every rank of a torchrun job names the same folder; keyed, so a changed config never resumes a stale one
     checkpoints = work.out_dir.parent / f".{work.out_dir.name}.checkpoints" / work.key[:16]
     return work

@@ -38,8 +38,18 @@ from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError, DataError
 from retrdistill.kinds import EXTRA_PASSAGES, count_rows, read_scores, scored_row
 from retrdistill.llm.passages import generated_id, read_passages
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, file_input, upstream
+from retrdistill.stages.base import (
+    StageResult,
+    StageSpec,
+    StepInput,
+    Work,
+    config_dict,
+    file_input,
+    keyed_part_config,
+    upstream,
+)
 from retrdistill.translation.cache import TranslationCache, translate_cached
+from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)
 SIDES = ("query", "passage", "both")
@@ -50,9 +60,11 @@ CACHE_FILE = "translations.sqlite"
 class TranslateConfig:
     translator: str = field(default="bergamot", metadata={"help": "Translation backend."})
     options: dict[str, Any] = field(default_factory=dict,
-                                    metadata={"help": "Translator options, e.g. -o direction=en-pt."})
+                                    metadata={"help": "Translator options, e.g. -o direction=en-pt.",
+                                              "part": {"kind": "translator", "name": "translator"}})
     side: str = field(default="query", metadata={"help": "What the student reads translated: query, passage or both."})
-    batch_size: int = field(default=64, metadata={"help": "Texts per translator call (does not change the output)."})
+    batch_size: int = field(default=64, metadata={"help": "Texts per translator call (does not change the output).",
+                                                  "min": 1})
 
     def __post_init__(self) -> None:
         registry.entry("translator", self.translator)
@@ -60,6 +72,7 @@ class TranslateConfig:
             raise ConfigError(f"translate: side must be one of {', '.join(SIDES)}, got {self.side!r}")
         if self.batch_size < 1:
             raise ConfigError("translate: batch_size must be at least 1")
+        check_ranges(self, "translate")
 
 
 def build_translator(cfg) -> Any:
@@ -78,7 +91,7 @@ def prepare_translate(cfg: TranslateConfig, collection_dir: str | Path, scores_d
     scores_dir = Path(scores_dir)
     manifest = upstream(scores_dir, "scores")
     inputs = {"scores": manifest.fingerprint, "translator": translator_fp}
-    config = config_dict(cfg)
+    config = keyed_part_config(config_dict(cfg), "options")  # the translator's fingerprint keys its options
     config.pop("batch_size")
 
     def body(tmp: Path) -> dict[str, Any]:
@@ -99,7 +112,7 @@ def _translate_scores(cfg: TranslateConfig, translator, cache: TranslationCache,
         queries.add(group.query)
         docids.update(dict.fromkeys(group.docids))
     counts: dict[str, Any] = {"groups": 0, "side": cfg.side, "language_pair": list(translator.language_pair()),
-                              "scored_by": manifest.counts.get("scored_by", manifest.config)}
+                              "scored_by": manifest.counts.get("scored_by", manifest.settings or manifest.config)}
     seconds = 0.0
     translated_queries: dict[str, str] = {}
     if cfg.side in ("query", "both"):
@@ -173,15 +186,18 @@ def _translate_passages(cfg: TranslateConfig, translator, cache: TranslationCach
 class TranslateCollectionConfig:
     translator: str = field(default="bergamot", metadata={"help": "Translation backend."})
     options: dict[str, Any] = field(default_factory=dict,
-                                    metadata={"help": "Translator options, e.g. -o direction=en-pt."})
+                                    metadata={"help": "Translator options, e.g. -o direction=en-pt.",
+                                              "part": {"kind": "translator", "name": "translator"}})
     corpus: str = field(default="link", metadata={
         "help": "The corpus in the new folder: link (a relative symlink to the source's corpus.jsonl) or copy."})
-    batch_size: int = field(default=64, metadata={"help": "Texts per translator call (does not change the output)."})
+    batch_size: int = field(default=64, metadata={"help": "Texts per translator call (does not change the output).",
+                                                  "min": 1})
 
     def __post_init__(self) -> None:
         registry.entry("translator", self.translator)
         if self.corpus not in ("link", "copy"):
             raise ConfigError(f"translate-collection: corpus must be link or copy, got {self.corpus!r}")
+        check_ranges(self, "translate-collection")
 
 
 def run_translate_collection(cfg: TranslateCollectionConfig, collection_dir: str | Path, out_dir: str | Path, *,
@@ -199,7 +215,7 @@ def prepare_translate_collection(cfg: TranslateCollectionConfig, collection_dir:
     inputs = {"queries": file_input(source.root / "queries.jsonl"), "corpus": source.corpus.fingerprint,
               "translator": translator_fp,
               **{f"qrels:{s}": file_input(source.qrels_path(s)) for s in source.splits()}}
-    config = config_dict(cfg)
+    config = keyed_part_config(config_dict(cfg), "options")  # the translator's fingerprint keys its options
     config.pop("batch_size")
     out_dir = Path(out_dir)
 

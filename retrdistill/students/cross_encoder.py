@@ -46,8 +46,9 @@ class CrossEncoderStudent(Student):
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
-        max_length: int | None = 256  # tokens of query and passage together
-        deep_negatives: int = 0  # of the negatives per query, this many are the group's deepest-ranked ones
+        max_length: int | None = field(default=256, metadata={"min": 8})  # tokens of query and passage together
+        # of the negatives per query, this many are the group's deepest-ranked ones
+        deep_negatives: int = field(default=0, metadata={"min": 0})
         # Hugging Face config values set when the checkpoint is loaded, e.g. {attention_probs_dropout_prob: 0.0}
         config_overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -15,7 +15,7 @@ class DenseStudent(Student):
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"
-        max_seq_length: int | None = 256
+        max_seq_length: int | None = field(default=256, metadata={"min": 1})
         # Hugging Face config values set when the checkpoint is loaded for training, e.g.
         # {attention_probs_dropout_prob: 0.0}: without attention dropout, torch's fused CPU attention kernel
         # applies (it has no dropout), which keeps no attention matrices for the backward pass

@@ -118,9 +118,10 @@ class PrunedStudent(Student):
         model: str = "offline:all-MiniLM-L6-v2"
         layers: LayerSpec = None  # None/'all', K, 'first-K', 'last-K', 'every-other', 'every-N', [i, j, ...]
         pooling: str | None = None  # None: the checkpoint's own (mean for a plain encoder)
-        output_dim: int | None = None  # learned projection to this width; None keeps the encoder's width
+        # learned projection to this width; None keeps the encoder's width
+        output_dim: int | None = field(default=None, metadata={"min": 1})
         normalize: bool = True
-        max_seq_length: int | None = 256
+        max_seq_length: int | None = field(default=256, metadata={"min": 1})
         seed: int = 13  # initial weights of the projection (and of any head the checkpoint lacks)
         config_overrides: dict[str, Any] = field(default_factory=dict)  # Hugging Face config values (see DenseStudent)
 

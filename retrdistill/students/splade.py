@@ -28,7 +28,7 @@ embedding distillation, Matryoshka widths, ``truncate_dim``. The saved folder lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,11 +50,14 @@ class SpladeStudent(Student):
         model: str = "offline:tiny-bert-mlm"
         backbone: str = "masked"  # masked: fill-mask Transformer; causal: a decoder-only LM's head
         echo: bool = False  # causal only: feed the text twice, pool the second copy
-        max_seq_length: int | None = 256
+        max_seq_length: int | None = field(default=256, metadata={"min": 4})
         tie_mlm_head: bool = True  # a checkpoint without an MLM head gets one tied to its input embeddings
-        query_regularizer_weight: float = 5e-5  # FLOPS weight on the query embeddings (lambda_q)
-        document_regularizer_weight: float = 3e-5  # FLOPS weight on positive and negative passages (lambda_d)
-        regularizer_warmup: float = 1 / 3  # fraction of the steps over which both weights rise from 0
+        # FLOPS weight on the query embeddings (lambda_q)
+        query_regularizer_weight: float = field(default=5e-5, metadata={"min": 0})
+        # FLOPS weight on positive and negative passages (lambda_d)
+        document_regularizer_weight: float = field(default=3e-5, metadata={"min": 0})
+        # fraction of the steps over which both weights rise from 0
+        regularizer_warmup: float = field(default=1 / 3, metadata={"min": 0, "exclusive_min": True, "max": 1})
         regularizer_schedule: str = "quadratic"  # or linear
 
         def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ are encoded (for corpora too large to encode with a slow teacher).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,8 +28,8 @@ class BiEncoderTeacher(Teacher):
     @dataclass
     class Options:
         model: str = "offline:all-mpnet-base-v2"
-        batch_size: int = 32
-        max_seq_length: int | None = None
+        batch_size: int = field(default=32, metadata={"min": 1})
+        max_seq_length: int | None = field(default=None, metadata={"min": 1})
         encode_corpus: bool = True
         backend: str = "torch"  # retrdistill.encoding.backends: a CPU fast path for encoding
 

@@ -5,7 +5,7 @@ As a retriever (its leaderboard row) it re-ranks BM25's top ``rerank_depth`` pas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,9 +23,9 @@ class CrossEncoderTeacher(PairTeacher):
     @dataclass
     class Options:
         model: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
-        batch_size: int = 32
-        max_length: int | None = 512
-        rerank_depth: int = 100
+        batch_size: int = field(default=32, metadata={"min": 1})
+        max_length: int | None = field(default=512, metadata={"min": 1})
+        rerank_depth: int = field(default=100, metadata={"min": 1})
         backend: str = "torch"  # retrdistill.encoding.backends: a CPU fast path for scoring
 
         def __post_init__(self) -> None:

@@ -70,10 +70,12 @@ class EnsembleTeacher(Teacher):
 
     @dataclass
     class Options:
-        members: list[dict[str, Any]] = field(default_factory=list)  # {teacher, options, weight}
+        # {teacher, options, weight}
+        members: list[dict[str, Any]] = field(default_factory=list, metadata={
+            "part": {"kind": "teacher", "name": "teacher", "each": True}})
         normalise: str = "minmax"
         combine: str = "mean"
-        rerank_depth: int = 100
+        rerank_depth: int = field(default=100, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if not self.members:

@@ -24,10 +24,11 @@ class FusionTeacher(EnsembleTeacher):
     @dataclass
     class Options:
         teacher: str = "bi-encoder"
-        teacher_options: dict[str, Any] = field(default_factory=dict)
-        teacher_weight: float = 0.7
-        bm25_weight: float = 0.3
-        rerank_depth: int = 100
+        teacher_options: dict[str, Any] = field(default_factory=dict, metadata={
+            "part": {"kind": "teacher", "name": "teacher"}})
+        teacher_weight: float = field(default=0.7, metadata={"min": 0})
+        bm25_weight: float = field(default=0.3, metadata={"min": 0})
+        rerank_depth: int = field(default=100, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.teacher in ("fusion", "ensemble"):

@@ -75,12 +75,12 @@ class LLMTeacher(PairTeacher):
         yes_words: list[str] = field(default_factory=lambda: ["yes", "Yes"])
         no_words: list[str] = field(default_factory=lambda: ["no", "No"])
         chat_template: bool | None = None  # None: the model's chat template where it has one
-        max_query_tokens: int = 64
+        max_query_tokens: int = field(default=64, metadata={"min": 1})
         max_passage_tokens: int = 256
         dtype: str = "float32"
-        batch_size: int = 8
+        batch_size: int = field(default=8, metadata={"min": 1})
         device: str | None = None
-        rerank_depth: int = 100
+        rerank_depth: int = field(default=100, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.score not in SCORES:

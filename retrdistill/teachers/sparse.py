@@ -12,7 +12,7 @@ postings exactly (:class:`retrdistill.indexers.sparse.SparseIndexer`), as the ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,9 +29,10 @@ class SparseTeacher(Teacher):
     @dataclass
     class Options:
         model: str = "offline:tiny-bert-mlm"
-        batch_size: int = 32
-        max_seq_length: int | None = None  # None: the model's own
-        max_active_dims: int | None = None  # keep only the top terms of every query and passage vector
+        batch_size: int = field(default=32, metadata={"min": 1})
+        max_seq_length: int | None = field(default=None, metadata={"min": 1})  # None: the model's own
+        # keep only the top terms of every query and passage vector
+        max_active_dims: int | None = field(default=None, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.batch_size < 1:

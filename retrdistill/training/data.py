@@ -53,7 +53,7 @@ class TrainingInputs:
         if manifest is None:
             return {}
         # a select (or other derived scores) step records the scoring step's config as counts.scored_by
-        return manifest.counts.get("scored_by", manifest.config)
+        return manifest.counts.get("scored_by", manifest.settings or manifest.config)
 
     def groups(self):
         """The scored groups of ``scores_dir`` (positives first), their teacher scores rescaled by

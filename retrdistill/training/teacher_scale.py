@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from retrdistill.kinds import ScoredGroup
@@ -31,7 +31,7 @@ class TeacherScale:
     multiplier (``factor``), or the standard deviation after standardising (``standardise``)."""
 
     mode: str = "none"
-    factor: float = 1.0
+    factor: float = field(default=1.0, metadata={"min": 0, "exclusive_min": True})
 
     MODES: ClassVar[tuple[str, ...]] = ("none", "factor", "standardise")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,8 @@ class BergamotTranslator(Translator):
     @dataclass
     class Options:
         direction: str = "en-pt"  # en-pt or pt-en
-        threads: int = 1  # texts translated in parallel (the engine releases the GIL); does not change output
+        # texts translated in parallel (the engine releases the GIL); does not change output
+        threads: int = field(default=1, metadata={"min": 1})
         postprocess: bool = False  # the package's rule-based pt-BR post-processing of each translation
 
         def __post_init__(self) -> None:

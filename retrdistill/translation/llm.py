@@ -24,11 +24,11 @@ class LLMTranslator(Translator):
     @dataclass
     class Options:
         llm: str = "transformers"  # a registered LLM client
-        llm_options: dict[str, Any] = field(default_factory=dict)
+        llm_options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "llm", "name": "llm"}})
         direction: str = "en-pt"  # source-target language codes; the prompt names them (LANGUAGES) or uses the code
         template: str = "translate"  # a bundled template name or a file path
-        max_new_tokens: int = 128
-        temperature: float = 0.0
+        max_new_tokens: int = field(default=128, metadata={"min": 1})
+        temperature: float = field(default=0.0, metadata={"min": 0})
 
         def __post_init__(self) -> None:
             registry.entry("llm", self.llm)

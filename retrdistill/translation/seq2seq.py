@@ -10,7 +10,7 @@ name: pin a revision by downloading it), the languages and every generation sett
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
@@ -18,7 +18,8 @@ from retrdistill.parts import Translator
 
 
 class Seq2SeqTranslator(Translator):
-    example_options: ClassVar[dict[str, Any]] = {"model": "Helsinki-NLP/opus-mt-tc-big-en-pt"}  # fingerprinted by name
+    # any local folder is fingerprinted by content (a hub name needs the hub, or its local cache, to be resolved)
+    example_options: ClassVar[dict[str, Any]] = {"model": "{minilm}"}
     example_variants: ClassVar[dict[str, Any]] = {"direction": "pt-en", "source_lang": "eng_Latn",
                                                   "target_lang": "por_Latn", "device": "cpu"}
     output_neutral: ClassVar[tuple[str, ...]] = ("batch_size", "device")
@@ -29,10 +30,10 @@ class Seq2SeqTranslator(Translator):
         direction: str = "en-pt"  # source-target language, for the fingerprint and reports
         source_lang: str = ""  # the model's code for the source language (NLLB, M2M100); empty: none
         target_lang: str = ""  # the model's code for the target language (NLLB, M2M100); empty: none
-        num_beams: int = 1
-        max_new_tokens: int = 256
-        max_input_tokens: int = 512
-        batch_size: int = 16
+        num_beams: int = field(default=1, metadata={"min": 1})
+        max_new_tokens: int = field(default=256, metadata={"min": 1})
+        max_input_tokens: int = field(default=512, metadata={"min": 1})
+        batch_size: int = field(default=16, metadata={"min": 1})
         device: str | None = None  # None: cuda when available, else cpu
 
         def __post_init__(self) -> None:

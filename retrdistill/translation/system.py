@@ -28,8 +28,12 @@ class TranslatedSystem(EvalSystem):
     @dataclass
     class Options:
         # a registered translator: {name, options}
-        translator: dict[str, Any] = field(default_factory=lambda: {"name": "bergamot", "options": {"direction": "pt-en"}})
-        system: dict[str, Any] = field(default_factory=lambda: {"type": "bm25"})  # another system: {type, options}
+        translator: dict[str, Any] = field(
+            default_factory=lambda: {"name": "bergamot", "options": {"direction": "pt-en"}},
+            metadata={"part": {"kind": "translator", "name": "name", "one": True}})
+        # another system: {type, options}
+        system: dict[str, Any] = field(default_factory=lambda: {"type": "bm25"}, metadata={
+            "part": {"kind": "system", "name": "type", "one": True}})
 
     def setup(self) -> None:
         spec = self.options.system

@@ -173,8 +173,8 @@ class PseudoPositive(ValidationMetric):
 
     @dataclass
     class Options:
-        mrr_k: int = 10
-        recall_k: int = 100
+        mrr_k: int = field(default=10, metadata={"min": 1})
+        recall_k: int = field(default=100, metadata={"min": 1})
 
         def __post_init__(self) -> None:
             if self.mrr_k < 1 or self.recall_k < 1:
@@ -219,7 +219,7 @@ class TeacherAgreement(ValidationMetric):
 
     @dataclass
     class Options:
-        k: int = 10
+        k: int = field(default=10, metadata={"min": 1})
         correlation: str = "spearman"
 
         def __post_init__(self) -> None:

@@ -42,12 +42,13 @@ class ValidationSettings:
     fraction: float = 0.1
     seed: int = 13
     metrics: list[str] = field(default_factory=lambda: ["pseudo-positive", "teacher-agreement"])
-    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "part": {"kind": "validation_metric", "by_name": True}})
     metric: str = "pseudo-mrr@10"
-    every: str | int = "epoch"
+    every: str | int = field(default="epoch", metadata={"min": 1})
     at_start: bool = False
     keep_checkpoints: bool = False
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1):

@@ -2,9 +2,9 @@
 
 ``load_encoder(ref, backend=...)`` returns an ordinary ``SentenceTransformer`` (``load_reranker`` a
 ``CrossEncoder``): tokenizer, pooling, normalisation and the rest of the module chain stay sentence-transformers'
-own; with a compiled backend only the HF transformer inside the first module is replaced by a session that
-runs an ONNX export of it. ``encode_texts`` / ``score_pairs`` and the models' own ``encode`` / ``predict``
-work unchanged on the result.
+own; with a compiled backend only the HF transformer inside the first module is replaced by a runtime (ONNX
+Runtime's ``InferenceSession``, OpenVINO's compiled model) that runs an export of it. ``encode_texts`` /
+``score_pairs`` and the models' own ``encode`` / ``predict`` work unchanged on the result.
 
 Backends:
     torch           the model as loaded (SDPA attention).

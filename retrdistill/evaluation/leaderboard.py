@@ -22,13 +22,18 @@ from retrdistill.evaluation.metrics import EvalResult, validate_metrics
 log = logging.getLogger(__name__)
 
 FORMAT = "retrdistill-leaderboard"
-SCHEMA_VERSION = 3  # 2: rows gained query_terms, doc_terms, flops_per_query, validation; 3: backend, negatives (older files load)
+# 2: rows gained query_terms, doc_terms, flops_per_query, validation; 3: backend, negatives; 4: coverage (stored),
+# warnings and each row's delta (derived). Older files load.
+SCHEMA_VERSION = 4
 COST_FIELDS = ("backend", "encode_passages_per_s", "ms_per_query", "flops_per_query", "query_terms", "doc_terms", "index_bytes",
                "parameters")
 INVERTED_COST_FIELDS = ("flops_per_query", "query_terms", "doc_terms")  # inverted indexes: sparse models, BM25
 MARKER = "\u2020"  # dagger: corrected p < alpha against the baseline
 TEST_NAMES = {"student": "paired Student t-test", "fisher": "Fisher randomisation test"}
 CORRECTION_NAMES = {"holm": "Holm-corrected", "bonferroni": "Bonferroni-corrected", "none": "uncorrected"}
+COVERAGE_LISTS = ("without_judgments", "no_relevant", "zero_for_every_system")
+ID_LIMIT = 100  # ids of each coverage list the leaderboard keeps (results.json keeps them all)
+SHOWN_IDS = 20  # ids of a list written out on the Markdown and HTML pages
 
 
 @dataclass
@@ -49,6 +54,30 @@ class Significance:
     @property
     def significant(self) -> bool:
         return self.p_corrected < self.alpha
+
+
+@dataclass
+class QueryCoverage:
+    """Which of a dataset's queries the means are over, which were left out, and which look broken."""
+
+    queries: int  # in the collection's queries file
+    judged: int  # with a judgment graded >= 1: the queries every mean is over (in a shard: its slice's)
+    without_judgments: int = 0  # no judgment in the split's qrels: reported, not scored
+    no_relevant: int = 0  # judged, but no judgment graded >= 1: excluded from the means
+    zero_for_every_system: int = 0  # judged queries on which every system scores 0 on the primary metric
+    judged_documents_not_in_corpus: int = 0  # qrels rows naming a passage the corpus lacks
+    shard: str | None = None  # "I/N" when the means cover one shard's slice of the judged queries
+    ids: dict[str, list[str]] = field(default_factory=dict)  # list -> its first ID_LIMIT ids, sorted
+
+
+def query_coverage(queries: int, judged: int, lists: Mapping[str, list[str]], *,
+                   judged_documents_not_in_corpus: int = 0, shard: str | None = None) -> QueryCoverage:
+    """A :class:`QueryCoverage` from the full lists of ids (``COVERAGE_LISTS`` keys); it keeps their counts and
+    the first :data:`ID_LIMIT` ids of each."""
+    full = {name: sorted(lists.get(name) or []) for name in COVERAGE_LISTS}
+    return QueryCoverage(queries=queries, judged=judged, **{name: len(v) for name, v in full.items()},
+                         judged_documents_not_in_corpus=judged_documents_not_in_corpus, shard=shard,
+                         ids={name: v[:ID_LIMIT] for name, v in full.items() if v})
 
 
 @dataclass
@@ -94,6 +123,7 @@ class Leaderboard:
     baseline: str | None = None
     rows: list[Row] = field(default_factory=list)
     metric_order: list[str] = field(default_factory=list)  # column order; metrics not listed follow
+    coverage: dict[str, QueryCoverage] = field(default_factory=dict)  # dataset -> its queries' coverage
 
     def add(self, row: Row) -> Row:
         if any(r.system == row.system and r.dataset == row.dataset for r in self.rows):
@@ -186,6 +216,31 @@ class Leaderboard:
             key=lambda r: _rank_key(r.metrics, self.primary_metric, r.system),
         )
 
+    def baseline_row(self, dataset: str) -> Row | None:
+        """The baseline's row on ``dataset`` (None without a baseline or when it has no row there)."""
+        if self.baseline is None:
+            return None
+        return next((r for r in self.rows if r.system == self.baseline and r.dataset == dataset), None)
+
+    def delta(self, row: Row | MeanRow, metric: str, means: list[MeanRow] | None = None) -> float | None:
+        """``row``'s value of ``metric`` minus the baseline's on the same dataset (a mean row: minus the
+        baseline's mean row, from ``means`` or computed); None for the baseline itself or where either lacks it."""
+        if self.baseline is None or row.system == self.baseline or metric not in row.metrics:
+            return None
+        if isinstance(row, MeanRow):
+            base = next((m for m in (means if means is not None else self.mean_rows())
+                         if m.system == self.baseline), None)
+        else:
+            base = self.baseline_row(row.dataset)
+        if base is None or metric not in base.metrics:
+            return None
+        return row.metrics[metric] - base.metrics[metric]
+
+    def warnings(self) -> list[str]:
+        """Every dataset's warnings (see :func:`coverage_warnings`), each naming its dataset."""
+        return [f"{dataset}: {w}" for dataset, cov in self.coverage.items()
+                for w in coverage_warnings(cov, self.primary_metric)]
+
     def mean_rows(self) -> list[MeanRow]:
         datasets = self.datasets()
         out = []
@@ -215,16 +270,25 @@ class Leaderboard:
     # ------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         rows = sorted(self.rows, key=lambda r: (r.dataset, r.system))
+        means = self.mean_rows()
+        metrics = self.metrics()
+
+        def with_delta(r: Row | MeanRow) -> dict[str, Any]:
+            deltas = {m: self.delta(r, m, means) for m in metrics}
+            return {**asdict(r), "delta": {m: d for m, d in deltas.items() if d is not None}}
+
         return {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
             "title": self.title,
             "primary_metric": self.primary_metric,
             "baseline": self.baseline,
-            "metrics": self.metrics(),
+            "metrics": metrics,
             "datasets": self.datasets(),
-            "rows": [asdict(r) for r in rows],
-            "mean": [asdict(r) for r in self.mean_rows()],
+            "coverage": {ds: asdict(cov) for ds, cov in sorted(self.coverage.items())},
+            "warnings": self.warnings(),
+            "rows": [with_delta(r) for r in rows],
+            "mean": [with_delta(r) for r in means],
         }
 
     @classmethod
@@ -300,14 +364,37 @@ def _parse(data: Any, path: Path) -> Leaderboard:
     )
     for i, raw in enumerate(data["rows"]):
         board.add(_parse_row(raw, path, f"rows[{i}]", version))
-    # "metrics" gives the column order only; "datasets" and "mean" are derived and recomputed, not read
+    if version >= 4:
+        coverage = data.get("coverage", {})
+        _expect(isinstance(coverage, dict), path, "coverage", "an object of dataset -> coverage", coverage)
+        for dataset, raw in coverage.items():
+            board.coverage[dataset] = _parse_coverage(raw, path, f"coverage.{dataset}")
+    # "metrics" gives the column order only; "datasets", "warnings", "mean" and the rows' "delta" are derived and
+    # recomputed, not read
     return board
+
+
+def _parse_coverage(raw: Any, path: Path, where: str) -> QueryCoverage:
+    known = [f.name for f in fields(QueryCoverage)]
+    _expect(isinstance(raw, dict) and set(raw) <= set(known) and {"queries", "judged"} <= set(raw), path, where,
+            f"an object with queries, judged and optionally {known[2:]}", raw)
+    for key in ("queries", "judged", *COVERAGE_LISTS, "judged_documents_not_in_corpus"):
+        v = raw.get(key, 0)
+        _expect(isinstance(v, int) and not isinstance(v, bool) and v >= 0, path, f"{where}.{key}",
+                "a non-negative integer", v)
+    shard = raw.get("shard")
+    _expect(shard is None or isinstance(shard, str), path, f"{where}.shard", "a string or null", shard)
+    ids = raw.get("ids", {})
+    _expect(isinstance(ids, dict) and set(ids) <= set(COVERAGE_LISTS)
+            and all(isinstance(v, list) and all(isinstance(q, str) for q in v) for v in ids.values()),
+            path, f"{where}.ids", f"an object of {list(COVERAGE_LISTS)} -> lists of query ids", ids)
+    return QueryCoverage(**{k: v for k, v in raw.items() if k != "ids"}, ids={k: list(v) for k, v in ids.items()})
 
 
 def _parse_row(raw: Any, path: Path, where: str, version: int = SCHEMA_VERSION) -> Row:
     _expect(isinstance(raw, dict), path, where, "an object", raw)
     known = ({f.name for f in fields(Row)} - ({*INVERTED_COST_FIELDS, "validation"} if version < 2 else set())
-             - ({"backend", "negatives"} if version < 3 else set()))
+             - ({"backend", "negatives"} if version < 3 else set()) | ({"delta"} if version >= 4 else set()))
     unknown = sorted(set(raw) - known)
     _expect(not unknown, path, where, f"only the fields {sorted(known)}", unknown)
     for key in ("system", "dataset"):
@@ -461,6 +548,84 @@ def format_metric(value: float | None) -> str:
     return "\u2014" if value is None else f"{value:.4f}"
 
 
+def format_delta(value: float | None) -> str:
+    """A difference to the baseline with its sign: +0.0123, \u22120.0040, \u00b10.0000 when it rounds to nothing."""
+    if value is None:
+        return "\u2014"
+    shown = f"{abs(value):.4f}"
+    if shown == "0.0000":
+        return "\u00b10.0000"
+    return ("+" if value > 0 else "\u2212") + shown
+
+
+def format_p(p: float | None) -> str:
+    """A p-value as a reader compares it with alpha: three decimals, "<0.001" below that."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "\u2014"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def format_wtl(sig: Significance | None) -> str:
+    return "\u2014" if sig is None else f"{sig.wins}/{sig.ties}/{sig.losses}"
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _id_list(cov: QueryCoverage, name: str) -> str:
+    ids = cov.ids.get(name, [])[:SHOWN_IDS]
+    more = getattr(cov, name) - len(ids)
+    return ", ".join(ids) + (f", \u2026 ({more:,} more in results.json)" if more > 0 else "")
+
+
+def coverage_lines(cov: QueryCoverage) -> list[str]:
+    """Sentences saying which queries were scored: "43 of 50 queries judged", and the ones left out, by id."""
+    if cov.shard:
+        lines = [f"Shard {cov.shard}: {_plural(cov.judged, 'judged query', 'judged queries')} scored, a slice of "
+                 f"the split's judged queries ({_plural(cov.queries, 'query', 'queries')} in the queries file)."]
+    else:
+        lines = [f"{cov.judged:,} of {_plural(cov.queries, 'query', 'queries')} judged: every mean is over these "
+                 f"{cov.judged:,}."]
+    if cov.without_judgments:
+        lines.append(f"{_plural(cov.without_judgments, 'query', 'queries')} without judgments (not scored): "
+                     f"{_id_list(cov, 'without_judgments')}.")
+    if cov.no_relevant:
+        lines.append(f"{_plural(cov.no_relevant, 'query', 'queries')} judged with no relevant passage (not scored): "
+                     f"{_id_list(cov, 'no_relevant')}.")
+    return lines
+
+
+def coverage_warnings(cov: QueryCoverage, metric: str) -> list[str]:
+    """Signs of broken judgments: judged queries on which every system scores 0 on the primary metric."""
+    z = cov.zero_for_every_system
+    if not z:
+        return []
+    absent = (f"; the qrels judge {_plural(cov.judged_documents_not_in_corpus, 'passage', 'passages')} the corpus "
+              f"lacks" if cov.judged_documents_not_in_corpus else "")
+    if z == cov.judged:
+        who = "the judged query scores" if z == 1 else f"all {z:,} judged queries score"
+    else:
+        who = f"{z:,} of the {cov.judged:,} judged queries {'scores' if z == 1 else 'score'}"
+    return [f"{who} 0 on {metric_label(metric)} for every system ({_id_list(cov, 'zero_for_every_system')}): "
+            f"check their judgments (a judged passage id that is not in the corpus can never be retrieved{absent})"]
+
+
+def comparison_note(board: Leaderboard) -> str:
+    """What the Δ, p and W/T/L columns mean, or "" without a baseline."""
+    if board.baseline is None:
+        return ""
+    sigs = [s for r in board.rows for s in r.significance.values()]
+    note = f"\u0394: the system's mean minus the baseline {board.baseline}'s, on the same queries"
+    if sigs:
+        s = sigs[0]
+        test = TEST_NAMES.get(s.test, s.test)
+        corr = CORRECTION_NAMES.get(s.correction, s.correction)
+        note += (f"; p: the {corr} p-value of the two-sided {test} against the baseline; W/T/L: judged queries "
+                 f"on which the system scores above / the same as / below the baseline")
+    return note
+
+
 def legend(board: Leaderboard) -> str:
     """The sentence explaining the significance marker, or "" when no row has a test."""
     sigs = [s for r in board.rows for s in r.significance.values()]
@@ -485,6 +650,11 @@ def cost_columns(rows: list[Row] | list[MeanRow]) -> list[str]:
 
 
 # ------------------------------------------------------------ Markdown
+def section_metrics(metrics: list[str], rows: list[Row] | list[MeanRow]) -> list[str]:
+    """The metrics at least one of ``rows`` has: a column every row lacks is left out."""
+    return [m for m in metrics if any(m in r.metrics for r in rows)]
+
+
 def render_markdown(board: Leaderboard) -> str:
     metrics = board.metrics()
     out = [f"# {_md(board.title)}", ""]
@@ -492,34 +662,50 @@ def render_markdown(board: Leaderboard) -> str:
         out += [f"Baseline: **{_md(board.baseline)}**. Rows sorted by {metric_label(board.primary_metric)}.", ""]
     if legend(board):
         out += [_md(legend(board)) + ".", ""]
+    if comparison_note(board):
+        out += [_md(comparison_note(board)) + ".", ""]
     datasets = board.datasets()
     if len(datasets) > 1:
         means = board.mean_rows()
+        shown = section_metrics(metrics, means)
         costs = cost_columns(means)
         out += [f"## Mean over {len(datasets)} datasets", ""]
         out += _md_table(
-            ["System"] + [metric_label(m) for m in metrics] + [COST_LABELS[c] for c in costs],
+            ["System"] + [metric_label(m) for m in shown] + [COST_LABELS[c] for c in costs],
             [
                 [_md(r.system)]
-                + [format_metric(r.metrics.get(m)) for m in metrics]
+                + [format_metric(r.metrics.get(m)) for m in shown]
                 + [format_cost(c, cost_value(r, c)) for c in costs]
                 for r in means
             ],
         )
+        out += _md_against_baseline(board, means, shown, means)
     for ds in datasets:
         rows = board.rows_for(ds)
+        shown = section_metrics(metrics, rows)
         costs = cost_columns(rows)
+        cov = board.coverage.get(ds)
         nq = {r.n_queries for r in rows if r.n_queries is not None}
-        out += [f"## {_md(ds)}" + (f" ({nq.pop()} queries)" if len(nq) == 1 else ""), ""]
+        if cov is not None and not cov.shard:
+            count = f" ({cov.judged:,} of {_plural(cov.queries, 'query', 'queries')} judged)"
+        else:
+            count = f" ({nq.pop()} queries)" if len(nq) == 1 else ""
+        out += [f"## {_md(ds)}{count}", ""]
+        if cov is not None:
+            out += [" ".join(_md(line) for line in coverage_lines(cov)), ""]
+            out += [f"> **Warning:** {_md(w)}." for w in coverage_warnings(cov, board.primary_metric)]
+            if coverage_warnings(cov, board.primary_metric):
+                out += [""]
         out += _md_table(
-            ["System"] + [metric_label(m) for m in metrics] + [COST_LABELS[c] for c in costs],
+            ["System"] + [metric_label(m) for m in shown] + [COST_LABELS[c] for c in costs],
             [
                 [_md(r.system)]
-                + [format_metric(r.metrics.get(m)) + _marker(r, m) for m in metrics]
+                + [format_metric(r.metrics.get(m)) + _marker(r, m) for m in shown]
                 + [format_cost(c, cost_value(r, c)) for c in costs]
                 for r in rows
             ],
         )
+        out += _md_against_baseline(board, rows, shown)
     prov = [r for r in board.rows if r.provenance]
     if prov:
         out += [
@@ -543,8 +729,32 @@ def render_markdown(board: Leaderboard) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _marker(row: Row, metric: str) -> str:
-    sig = row.significance.get(metric)
+def _md_against_baseline(board: Leaderboard, rows: list[Row] | list[MeanRow], metrics: list[str],
+                         means: list[MeanRow] | None = None) -> list[str]:
+    """The table answering "better than the baseline?": per metric Δ and, where tested, p and W/T/L."""
+    others = [r for r in rows if r.system != board.baseline]
+    deltas = {(r.system, m): board.delta(r, m, means) for r in others for m in metrics}
+    metrics = [m for m in metrics if any(deltas[(r.system, m)] is not None for r in others)]
+    if not metrics:
+        return []
+    tested = {m for m in metrics for r in others if getattr(r, "significance", {}).get(m) is not None}
+    header = ["System"]
+    for m in metrics:
+        header += [f"\u0394 {metric_label(m)}"] + (["p", "W/T/L"] if m in tested else [])
+    body = []
+    for r in others:
+        cells = [_md(r.system)]
+        for m in metrics:
+            sig = getattr(r, "significance", {}).get(m)
+            cells.append(format_delta(deltas[(r.system, m)]) + (_marker(r, m) if sig is not None else ""))
+            if m in tested:
+                cells += [format_p(sig.p_corrected if sig else None), format_wtl(sig)]
+        body.append(cells)
+    return [f"Against the baseline {_md(board.baseline)}:", ""] + _md_table(header, body)
+
+
+def _marker(row: Row | MeanRow, metric: str) -> str:
+    sig = getattr(row, "significance", {}).get(metric)
     return MARKER if sig is not None and sig.significant else ""
 
 

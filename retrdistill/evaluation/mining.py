@@ -114,8 +114,10 @@ def margins_svg(rows: list[tuple[str, dict[str, Any]]], ident: str) -> str:
             continue
     if not boxes:
         return ""
-    lo = min(b[1][0] for b in boxes)
-    hi = max(b[1][-1] for b in boxes)
+    # the axis spans 0 too: a margin's sign matters (below 0 the teacher ranks the negative above the positive),
+    # and an axis cut to the boxes alone would make small spreads look wide
+    lo = min(0.0, *(b[1][0] for b in boxes))
+    hi = max(0.0, *(b[1][-1] for b in boxes))
     span = (hi - lo) or 1.0
 
     def px(v: float) -> float:
@@ -135,7 +137,11 @@ def margins_svg(rows: list[tuple[str, dict[str, Any]]], ident: str) -> str:
                    f'stroke="#1d3f73" stroke-width="2"/>')
     base = MT + ROW_H * len(boxes) + 4
     out.append(f'<line x1="{ML}" y1="{base}" x2="{W - MR}" y2="{base}" stroke="#8b95a1"/>')
-    for v in (lo, hi):
+    if lo < 0 < hi:
+        out.append(f'<line x1="{px(0):.1f}" y1="{MT}" x2="{px(0):.1f}" y2="{base}" stroke="#c9ced6" '
+                   f'stroke-dasharray="3 3"/>')
+    ticks = [lo, hi] + ([0.0] if min(abs(px(0) - px(lo)), abs(px(hi) - px(0))) >= 30 else [])
+    for v in sorted(set(ticks)):
         out.append(f'<text x="{px(v):.1f}" y="{base + 14}" text-anchor="middle" font-size="10">{v:.3g}</text>')
     out.append("</svg>")
     return "".join(out)

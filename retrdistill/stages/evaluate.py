@@ -22,9 +22,10 @@ from typing import Any
 from retrdistill import progress, registry
 from retrdistill.artefacts import Manifest, write_json_atomic
 from retrdistill.data.beir import open_collection
-from retrdistill.errors import ConfigError, ManifestError
+from retrdistill.errors import ConfigError, DataError, ManifestError
 from retrdistill.shards import SHARD_HELP, parse_shard, shard_rows
 from retrdistill.stages.base import StageResult, StageSpec, Work, config_dict, file_input
+from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class EvalConfig:
     split: str = field(default="test", metadata={"help": "Evaluation split (qrels/<split>.tsv)."})
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "recall@100", "mrr@10", "map"],
                                metadata={"help": "Metric like ndcg@10."})
-    depth: int = field(default=100, metadata={"help": "Documents retrieved per query."})
-    systems: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "BM25", "type": "bm25"}])
+    depth: int = field(default=100, metadata={"help": "Documents retrieved per query.", "min": 1})
+    systems: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "BM25", "type": "bm25"}],
+                                          metadata={"part": {"kind": "system", "name": "type", "each": True}})
     baseline: str | None = field(default=None, metadata={"help": "System the others are tested against."})
     stat_test: str = field(default="fisher",
                            metadata={"help": "Significance test: fisher (randomisation) or student (paired t-test)."})
@@ -62,6 +64,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from retrdistill.evaluation.metrics import validate_metrics
 
+        check_ranges(self, "eval")
         self.metrics = list(validate_metrics(self.metrics))
         names = []
         for i, raw in enumerate(self.systems):
@@ -89,6 +92,19 @@ class EvalConfig:
         return [SystemSpec(s["name"], s["type"], dict(s.get("options") or {})) for s in self.systems]
 
 
+def check_judged(path: Path, qrels: dict[str, dict[str, int]], report: Any, relevance_level: int = 1) -> None:
+    """A DataError naming the qrels file unless it judges at least one query relevant (grade >= 1): evaluating
+    against nothing would score every system 0. (Qrels whose queries are all unknown are refused on reading.)"""
+    if not qrels:
+        raise DataError(path, None, f"no judgments: the file has no query-id, corpus-id, grade rows "
+                                    f"({report.rows} read{', a header skipped' if report.header_skipped else ''})")
+    if not any(g >= relevance_level for docs in qrels.values() for g in docs.values()):
+        rows = sum(len(docs) for docs in qrels.values())
+        raise DataError(path, None, f"no judgment with a grade ≥ {relevance_level}: its {rows} judgment rows of "
+                                    f"{len(qrels)} queries are all graded below {relevance_level}, so nothing "
+                                    f"is relevant and every metric would be 0")
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "system"
 
@@ -97,6 +113,9 @@ def _key_config(cfg: EvalConfig) -> dict[str, Any]:
     """The config keying an eval artefact; ``datasets`` (paths) is not part of it, each dataset's content is."""
     config = config_dict(cfg)
     config.pop("datasets", None)
+    # each system by name and type; what of its options changes its run is keyed by its input fingerprint
+    # (models and index folders by content, output-neutral options such as batch_size left out)
+    config["systems"] = [{"name": s["name"], "type": s["type"]} for s in config["systems"]]
     return config
 
 
@@ -120,8 +139,10 @@ def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Pat
 
     def body(tmp: Path) -> dict[str, Any]:
         qrels, qrels_report = collection.qrels(cfg.split, check_corpus=True)
+        check_judged(collection.qrels_path(cfg.split), qrels, qrels_report)
         queries = {q: collection.queries[q] for q in collection.queries}
         judged = {q: t for q, t in queries.items() if q in qrels}
+        in_qrels = set(qrels)  # before a shard slices them: the queries the split judges
         shard = parse_shard(cfg.shard)
         if shard is not None:  # a contiguous slice of the judged queries, scored on its own judgments
             qids = list(judged)
@@ -142,20 +163,30 @@ def prepare_eval(cfg: EvalConfig, collection_dir: str | Path, out_dir: str | Pat
             rows[spec.name] = out
             bar.update()
         bar.close()
-        return _write_report(tmp, cfg, dataset, queries, qrels, qrels_report.repairs(), results, rows)
+        return _write_report(tmp, cfg, dataset, queries, qrels, qrels_report.repairs(), results, rows,
+                             in_qrels=in_qrels, shard=shard.label if shard is not None else None)
 
-    return Work("eval", "eval", Path(out_dir), config, inputs, body)
+    return Work("eval", "eval", Path(out_dir), config, inputs, body, settings=config_dict(cfg))
+
+
+def primary_metric(metrics: list[str]) -> str:
+    """The metric rows are ranked and plotted by, and zero scores are checked on: nDCG@10 when evaluated."""
+    return "ndcg@10" if "ndcg@10" in metrics else metrics[0]
 
 
 def _write_report(tmp: Path, cfg: EvalConfig, dataset: str, queries: dict[str, str], qrels, repairs,
-                  results: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
-    """The leaderboard (JSON, Markdown, HTML) and ``results.json`` of evaluated systems; the manifest's counts."""
+                  results: dict[str, Any], rows: dict[str, Any], *, in_qrels: set[str] | None = None,
+                  shard: str | None = None) -> dict[str, Any]:
+    """The leaderboard (JSON, Markdown, HTML) and ``results.json`` of evaluated systems; the manifest's counts.
+
+    ``in_qrels``: the queries the split's qrels judge, when ``qrels`` is a shard's slice of them (``shard``)."""
     from retrdistill.evaluation import leaderboard as lb
     from retrdistill.evaluation.compare import compare_results
 
     specs = cfg.specs()
+    primary = primary_metric(cfg.metrics)
     board = lb.Leaderboard(title=f"retrdistill — {dataset} ({cfg.split})", baseline=cfg.baseline,
-                           metric_order=list(cfg.metrics))
+                           metric_order=list(cfg.metrics), primary_metric=primary)
     for spec in specs:
         out = rows[spec.name]
         board.add_result(spec.name, dataset, results[spec.name], provenance=out.provenance,
@@ -164,16 +195,28 @@ def _write_report(tmp: Path, cfg: EvalConfig, dataset: str, queries: dict[str, s
     if cfg.baseline and len(specs) > 1:
         comparison = compare_results(results, cfg.baseline, test=cfg.stat_test, correction=cfg.correction)
         board.add_comparison(dataset, comparison)
+    r0 = next(iter(results.values()))
+    without = sorted(set(queries) - (in_qrels if in_qrels is not None else set(qrels)))
+    zero = sorted(q for q in r0.per_query if all(res.per_query[q][primary] == 0 for res in results.values()))
+    coverage = lb.query_coverage(
+        len(queries), r0.n_queries,
+        {"without_judgments": without, "no_relevant": r0.no_relevant, "zero_for_every_system": zero},
+        judged_documents_not_in_corpus=int(repairs.get("judged_documents_not_in_corpus", 0)), shard=shard)
+    board.coverage[dataset] = coverage
+    _log_coverage(dataset, cfg.split, coverage, primary)
     lb.write_json(board, tmp / "leaderboard.json")
     lb.write_markdown(board, tmp / "leaderboard.md")
     lb.write_html(board, tmp / "leaderboard.html")
-    r0 = next(iter(results.values()))
     write_json_atomic(tmp / "results.json", {
         "dataset": dataset,
         "split": cfg.split,
+        "shard": shard,
+        "primary_metric": primary,
         "queries": len(queries),
         "judged_queries": r0.n_queries,
-        "queries_without_judgments": sorted(set(queries) - set(qrels)),
+        "queries_without_judgments": without,
+        "queries_without_relevant_judgment": r0.no_relevant,
+        "queries_zero_for_every_system": zero,
         "qrels_repairs": repairs,
         "systems": {
             name: {"mean": res.mean, "per_query": res.per_query, "cost": rows[name].cost,
@@ -181,8 +224,19 @@ def _write_report(tmp: Path, cfg: EvalConfig, dataset: str, queries: dict[str, s
             for name, res in results.items()
         },
     })
-    return {"queries": len(queries), "judged_queries": r0.n_queries,
+    return {"queries": len(queries), "judged_queries": r0.n_queries, "queries_without_judgments": len(without),
+            "queries_without_relevant_judgment": len(r0.no_relevant), "queries_zero_for_every_system": len(zero),
             "systems": {name: res.mean for name, res in results.items()}}
+
+
+def _log_coverage(dataset: str, split: str, coverage: Any, primary: str) -> None:
+    """What the evaluation scored, at INFO; judged queries that every system scores 0 on, at WARNING."""
+    from retrdistill.evaluation.leaderboard import coverage_lines, coverage_warnings
+
+    lines = coverage_lines(coverage)
+    log.info("eval %s (%s): %s", dataset, split, " ".join(lines))
+    for warning in coverage_warnings(coverage, primary):
+        log.warning("eval %s (%s): %s", dataset, split, warning)
 
 
 # cost fields averaged over queries: a merge weighs each shard's value by its number of queries
@@ -203,7 +257,8 @@ def merge_eval_shards(shards, tmp: Path, cache_dir: str | Path | None, collectio
         raise ConfigError("merge: eval shards need their collection (its qrels score the merged runs) and the cache "
                           "folder: merge them in a pipeline (shards: N) or pass collection_dir and cache_dir to "
                           "run_merge")
-    cfg = EvalConfig(**{k: v for k, v in shards.config.items() if k != "datasets"})
+    given = shards.settings or shards.config  # the systems' options are in the settings (the key has name + type)
+    cfg = EvalConfig(**{k: v for k, v in given.items() if k not in ("datasets", "shard")})
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     found = {"corpus": collection.corpus.fingerprint, "queries": file_input(collection.root / "queries.jsonl"),
              "qrels": file_input(collection.qrels_path(cfg.split))}
@@ -313,10 +368,12 @@ class DatasetsWork:
 
         def body(tmp: Path) -> dict[str, Any]:
             board = lb.Leaderboard(title=f"retrdistill — {len(folders)} datasets ({cfg.split})", baseline=cfg.baseline,
-                                   metric_order=list(cfg.metrics))
+                                   metric_order=list(cfg.metrics), primary_metric=primary_metric(cfg.metrics))
             for folder in folders.values():
-                for row in lb.load_leaderboard(folder / "leaderboard.json").rows:
+                loaded = lb.load_leaderboard(folder / "leaderboard.json")
+                for row in loaded.rows:
                     board.add(row)
+                board.coverage.update(loaded.coverage)
             lb.write_json(board, tmp / "leaderboard.json")
             lb.write_markdown(board, tmp / "leaderboard.md")
             lb.write_html(board, tmp / "leaderboard.html")

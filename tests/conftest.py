@@ -143,3 +143,31 @@ def small_runs(tmp_path_factory, small_collection) -> Path:
             rows += [f"{qid} Q0 {doc} {rank} {len(ranked) - rank} {name[0]}\n" for rank, (_, doc) in enumerate(ranked, 1)]
         (out / name).write_text("".join(rows), encoding="utf-8")
     return out
+
+
+def _teacher_choice(tmp_path_factory, small_collection, small_cache, select: str) -> str:
+    from retrdistill.stages.queries import QueriesConfig, run_queries
+    from retrdistill.stages.rate_teachers import RateTeachersConfig, run_rate_teachers
+
+    root = tmp_path_factory.mktemp(f"teacher-choice-{select}")
+    run_queries(QueriesConfig(options={"num_queries": 8, "seed": 29}), small_collection, root / "probe",
+                cache_dir=small_cache)
+    candidates = [{"name": "bm25", "teacher": "bm25"},
+                  {"name": "tiny", "teacher": "bi-encoder",
+                   "options": {"model": "offline:tiny-bert-mlm", "max_seq_length": 48}}]
+    run_rate_teachers(RateTeachersConfig(candidates=candidates, select=select, min_weight=0.0), small_collection,
+                      root / "probe", root / "rate", cache_dir=small_cache)
+    return str(root / "rate")
+
+
+@pytest.fixture(scope="session")
+def small_teacher_choice(tmp_path_factory, small_collection, small_cache) -> str:
+    """A finished rate-teachers folder (BM25 and the tiny BERT rated on 8 probes of ``small_collection``) whose
+    choice is a weighted ensemble of both."""
+    return _teacher_choice(tmp_path_factory, small_collection, small_cache, "weights")
+
+
+@pytest.fixture(scope="session")
+def small_teacher_pick(tmp_path_factory, small_collection, small_cache) -> str:
+    """The same rating with ``select: pick``: the choice is one teacher."""
+    return _teacher_choice(tmp_path_factory, small_collection, small_cache, "pick")

@@ -16,6 +16,7 @@ from retrdistill.errors import RetrdistillError
 from retrdistill.stages.evaluate import EvalConfig
 from retrdistill.stages.index import IndexConfig
 from retrdistill.stages.mine import MineConfig
+from retrdistill.stages.pick import PickConfig
 from retrdistill.stages.queries import QueriesConfig
 from retrdistill.stages.score import ScoreConfig
 from retrdistill.stages.select import SelectConfig
@@ -38,10 +39,11 @@ def _setup(quiet: bool) -> None:
     from retrdistill import progress
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+                        datefmt="%H:%M:%S", handlers=[progress.LogHandler(sys.stderr)])  # log lines above the bars
     for noisy in ("sentence_transformers", "transformers", "faiss", "httpx", "datasets", "bm25s", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     progress.enable(not quiet)
+    progress.silence_libraries(quiet)  # -q: no bar at all, the libraries' own (Loading weights, datasets) too
 
 
 def _run(fn, *args, **kwargs):
@@ -203,6 +205,23 @@ def index(
     _report(_run(run_index, cfg, collection, model, out, cache_dir=cache_dir, force=force))
 
 
+@config_command(app, PickConfig, name="pick")
+def pick(
+    cfg: PickConfig,
+    students: Annotated[list[Path], typer.Option(
+        "--students", "--student", help="A trained student: the folder of `retrdistill train` (or its model/), "
+                                        "trained with validation; repeatable, two at least.")],
+    out: Annotated[Path, typer.Option(help="Output folder: a copy of the winner (OUT/model) and pick.json.")],
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Pick the best of several trained students by their recorded validation metric (a copy of the winner)."""
+    from retrdistill.stages.pick import prepare_pick
+
+    _setup(quiet)
+    _report(_run(lambda: prepare_pick(cfg, students, out).run(force=force)))
+
+
 SYSTEM_FORM = "NAME=TYPE[:JSON object of options]"
 
 
@@ -303,16 +322,31 @@ def run(
     plan: Annotated[bool, typer.Option("--plan", help="Print the step graph and what would run and why; run nothing.")] = False,
     force: Annotated[Optional[list[str]], typer.Option(help="Rebuild this step (by id) even if current; repeatable.")] = None,
     only: Annotated[Optional[list[str]], typer.Option(help="Run only this step (by id); repeatable.")] = None,
-    base_dir: Annotated[Optional[Path], typer.Option(help="Folder relative paths are resolved against (default: current).")] = None,
+    collection: Annotated[Optional[Path], typer.Option(
+        help="Use this BEIR-format folder instead of the file's collection (steps with their own keep theirs).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="Write the steps' artefacts here instead of the file's "
+                                                         "workdir.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", metavar="STEP.KEY=VALUE",
+        help="Change one value of a step, read as YAML and checked like the file's: e.g. "
+             "student.learning_rate=5e-5, candidates.options.model=offline:all-MiniLM-L6-v2, "
+             "eval.systems[0].name=BM25; repeatable.")] = None,
+    base_dir: Annotated[Optional[Path], typer.Option(
+        help="A project folder that the file's relative paths (resolved against the file's folder) must stay "
+             "inside; keys are written relative to it.")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run a pipeline file's steps in dependency order, skipping those whose artefacts are current."""
-    from retrdistill.pipeline import load_pipeline, plan_pipeline, run_pipeline
+    """Run a pipeline file's steps in dependency order, skipping those whose artefacts are current.
+
+    Relative paths in the file resolve against its folder; --collection and --workdir against the current one."""
+    from retrdistill.pipeline import check_judgments, load_pipeline, plan_pipeline, run_pipeline
     from retrdistill.stages.evaluate import leaderboard_file
 
     _setup(quiet)
-    spec = _run(load_pipeline, pipeline, base_dir=base_dir)
+    spec = _run(load_pipeline, pipeline, base_dir=base_dir, collection=collection, workdir=workdir,
+                overrides=list(set_ or []))
     width = max(20, *(len(step_id) for step_id in spec.steps))
+    _run(check_judgments, spec, only=set(only or []))
     if plan:
         typer.echo(f"pipeline {spec.name} ({len(spec.steps)} steps, artefacts in {spec.workdir}):")
         for p in _run(plan_pipeline, spec, force=set(force or []), only=set(only or [])):
@@ -396,6 +430,8 @@ def serve_llm(
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda when available).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for the model (default: torch's).")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (larger: 413).", min=1)] = 8 << 20,
+    max_prompts: Annotated[int, typer.Option(help="Most prompts one /v1/completions request may carry.", min=1)] = 256,
     quiet: Quiet = False,
 ) -> None:
     """Serve a local LLM over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
@@ -403,7 +439,8 @@ def serve_llm(
 
     _setup(quiet)
     options = {"batch_size": batch_size, "dtype": dtype, "device": device}
-    _run(serve, model, host=host, port=port, name=name, options=options, threads=threads)
+    _run(serve, model, host=host, port=port, name=name, options=options, threads=threads,
+         max_body_bytes=max_body_bytes, max_prompts=max_prompts)
 
 
 @app.command("list")

@@ -90,6 +90,14 @@ class CrossEncoderScorer:
             self._row = self.corpus.row_index()
         return self.corpus.texts_at([self._row[d] for d in doc_ids])
 
+    def fields(self, doc_ids: list[str]) -> list[tuple[str, str]]:
+        """``(title, text)`` of the passages of ``doc_ids``."""
+        from retrdistill.retriever import passage_fields
+
+        if self._row is None:
+            self._row = self.corpus.row_index()
+        return passage_fields(self.corpus, [self._row[d] for d in doc_ids])
+
     def __call__(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
         from retrdistill.encoding.engine import score_pairs
 
@@ -137,8 +145,8 @@ class RerankingRetriever:
         out = []
         for key in keys:
             top = list(done.run.get(key, {}).items())[:k]
-            texts = self.scorer.texts([d for d, _ in top]) if with_text and top else [""] * len(top)
-            out.append([Hit(d, s, t) for (d, s), t in zip(top, texts)])
+            fields = self.scorer.fields([d for d, _ in top]) if with_text and top else [("", "")] * len(top)
+            out.append([Hit(d, s, text, title) for (d, s), (title, text) in zip(top, fields)])
         return out
 
     def search(self, query: str, k: int = 10, *, with_text: bool = True) -> list[Any]:

@@ -2,7 +2,7 @@
 
     from retrdistill import Retriever
     retriever = Retriever.load("indexes/msmarco-sample")
-    hits = retriever.search("what is a synapse", k=5)   # [Hit(doc_id, score, text), ...]
+    hits = retriever.search("what is a synapse", k=5)   # [Hit(doc_id, score, text, title), ...]
 
 Dense (FAISS) and sparse (inverted) index folders load the same way: the indexer named in ``index.json`` loads
 its model (a ``SentenceTransformer`` or a ``SparseEncoder``), encodes the queries and searches its index; a
@@ -29,13 +29,58 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Hit:
+    """One search result: a passage of the index's corpus and its score for the query.
+
+    Attributes:
+        doc_id: the passage's ``_id`` in the corpus (``corpus.jsonl``).
+        score: the retriever's score (higher is better: a dot product, or a re-ranker's score); the hits of a
+            search come best first.
+        text: the passage's ``text`` field ("" with ``with_text=False``).
+        title: the passage's ``title`` field ("" when it has none, or with ``with_text=False``).
+
+    ``passage`` is title and text joined, as the encoders read them. Example::
+
+        hit = Retriever.load("runs/msmarco-sample/index").search("what is a synapse", k=1)[0]
+        print(hit.doc_id, round(hit.score, 3), hit.title, hit.text[:80])
+        context = hit.passage  # title + text, e.g. for a RAG prompt
+    """
+
     doc_id: str
     score: float
-    text: str
+    text: str = ""
+    title: str = ""
+
+    @property
+    def passage(self) -> str:
+        """Title and text joined (BEIR's convention; the text alone when there is no title): what the encoders,
+        BM25 and re-rankers read."""
+        from retrdistill.data.beir import passage_text
+
+        return passage_text(self.title, self.text)
+
+
+def passage_fields(corpus, rows) -> list[tuple[str, str]]:
+    """``(title, text)`` of each corpus row, in order (a corpus without separate fields: ``("", text)``)."""
+    rows = [int(r) for r in rows]
+    if not rows:
+        return []
+    dataset = getattr(corpus, "dataset", None)
+    if dataset is None or "title" not in getattr(dataset, "column_names", ()):
+        return [("", text) for text in corpus.texts_at(rows)]
+    picked = dataset.select(rows)
+    return list(zip(picked["title"], picked["text"]))
 
 
 class Retriever:
-    """A saved index folder, ready to search: its encoder, its index and the indexer that wrote it."""
+    """A saved index folder, ready to search: its encoder, its index and the indexer that wrote it.
+
+    Load one with :meth:`Retriever.load` (the folder of an index step, or of ``retrdistill index --out``), then
+    :meth:`search` one query or :meth:`batch_search` many; each returns :class:`Hit` lists, best first::
+
+        retriever = Retriever.load("runs/msmarco-sample/index")
+        for hit in retriever.search("what is a synapse", k=5):
+            print(hit.doc_id, round(hit.score, 3), hit.text[:80])
+    """
 
     def __init__(self, folder: Path, index, doc_ids: list[str], model, info: dict, corpus=None, *,
                  indexer=None) -> None:
@@ -59,8 +104,9 @@ class Retriever:
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest is None or manifest.kind != "index":
-            raise ManifestError(f"{folder}: not a finished retrdistill index (no index manifest); run `retrdistill index`")
+            raise ManifestError(not_an_index(folder, manifest))
         info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        check_index_model(folder, info, manifest)
         indexer = registry.build("indexer", info["indexer"], info.get("options") or {})
         if info.get("shards"):  # the merged shards of a sharded index step, searched as one index
             from retrdistill.indexers.sharded import ShardedIndexer
@@ -101,15 +147,50 @@ class Retriever:
         return scores, [[self.doc_ids[r] for r in row if r >= 0] for row in rows]
 
     def batch_search(self, queries: list[str], k: int = 10, *, with_text: bool = True) -> list[list[Hit]]:
+        """Search several queries at once (encoded in batches: faster than one :meth:`search` each).
+
+        Args:
+            queries: the query texts.
+            k: how many hits to return per query (fewer when the corpus is smaller).
+            with_text: read each hit's ``title`` and ``text`` from the corpus (False: ids and scores only,
+                ``text`` and ``title`` left "").
+
+        Returns:
+            One list of :class:`Hit` per query, in the order of ``queries``, each best first.
+
+        Example::
+
+            retriever = Retriever.load("runs/msmarco-sample/index")
+            first, second = retriever.batch_search(["what is a synapse", "define axon"], k=10)
+            print([hit.doc_id for hit in first[:3]])
+        """
         scores, rows = self.search_rows(self.encode_queries(queries), k)
         wanted = sorted({int(r) for row in rows for r in row if r >= 0}) if with_text else []
-        texts = dict(zip(wanted, self.corpus.texts_at(wanted))) if wanted else {}
-        return [
-            [Hit(self.doc_ids[r], float(s), texts.get(int(r), "")) for s, r in zip(srow, rrow) if r >= 0]
-            for srow, rrow in zip(scores, rows)
-        ]
+        fields = dict(zip(wanted, passage_fields(self.corpus, wanted))) if wanted else {}
+
+        def hit(score: float, row: int) -> Hit:
+            title, text = fields.get(int(row), ("", ""))
+            return Hit(self.doc_ids[row], float(score), text, title)
+
+        return [[hit(s, r) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
 
     def search(self, query: str, k: int = 10, *, with_text: bool = True) -> list[Hit]:
+        """Search one query: its top ``k`` passages as :class:`Hit` objects, best first.
+
+        Args:
+            query: the query text.
+            k: how many hits to return (fewer when the corpus is smaller).
+            with_text: read each hit's ``title`` and ``text`` from the corpus (False: ids and scores only).
+
+        Returns:
+            A list of :class:`Hit` (``doc_id``, ``score``, ``text``, ``title``), the highest score first.
+
+        Example::
+
+            retriever = Retriever.load("runs/msmarco-sample/index")
+            for hit in retriever.search("what is a synapse", k=5):
+                print(hit.doc_id, round(hit.score, 3), hit.text[:80])
+        """
         return self.batch_search([query], k, with_text=with_text)[0]
 
     def rerank_with(self, model, depth: int = 100, *, batch_size: int = 32, max_length: int | None = None):
@@ -119,6 +200,23 @@ class Retriever:
         from retrdistill.rerank import RerankingRetriever
 
         return RerankingRetriever(self, model, depth=depth, batch_size=batch_size, max_length=max_length)
+
+
+def not_an_index(folder: str | Path, manifest=None) -> str:
+    """Why ``folder`` cannot be searched as an index, and what to do: a trained student (a train or pick step's
+    folder) is told how to index it; anything else, that it holds no finished index."""
+    folder = Path(folder)
+    if manifest is not None and manifest.kind == "student":
+        model = folder / "model" if (folder / "model").is_dir() else folder
+        return (f"{folder} is a trained student (the folder of a {manifest.stage or 'train'} step), not an index: "
+                f"index it first, with `retrdistill index --model {model} --collection COLLECTION --out "
+                f"indexes/NAME` or a pipeline step {{id: index, stage: index, model: \"@{manifest.step or 'STEP'}\"}}, "
+                f"then search the index folder (or evaluate the student unindexed: eval system type dense, "
+                f"options {{model: {model}}})")
+    if manifest is not None:
+        return (f"{folder} holds a {manifest.kind!r} artefact, not an index; an index is the folder of an index step "
+                f"or of `retrdistill index --out`")
+    return f"{folder}: not a finished retrdistill index (no index manifest); run `retrdistill index`"
 
 
 def query_backend(info: dict, device: str | None, backend: str | None) -> str:
@@ -138,6 +236,31 @@ def query_backend(info: dict, device: str | None, backend: str | None) -> str:
         log.warning("index built with backend %r, which %s: queries are encoded with torch", built,
                     "is a CPU fast path" if not on_cpu else "is not installed here")
     return "torch"
+
+
+def index_model_fingerprints(folder: str | Path, info: dict | None = None, manifest=None) -> tuple[str, str]:
+    """``(built with, now)``: the fingerprint of the model an index was built with (recorded in its ``index.json``,
+    or its manifest's ``model`` input) and of the model its ``index.json`` names as it is now (by content)."""
+    from retrdistill.models import model_fingerprint
+
+    folder = Path(folder)
+    info = info if info is not None else json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    manifest = manifest if manifest is not None else read_manifest(folder)
+    built = info.get("model_fingerprint") or (manifest.inputs.get("model", "") if manifest is not None else "")
+    return built, model_fingerprint(resolve_reference(str(info["model"]), folder))
+
+
+def check_index_model(folder: str | Path, info: dict | None = None, manifest=None) -> None:
+    """Refuse an index whose model changed since it was built (e.g. a student retrained in place): its passage
+    vectors and the model's query vectors would no longer belong together."""
+    built, now = index_model_fingerprints(folder, info, manifest)
+    if built and built != now:
+        info = info if info is not None else json.loads((Path(folder) / "index.json").read_text(encoding="utf-8"))
+        raise ManifestError(
+            f"{folder}: the index was built with model fingerprint {built[:16]}, but its model "
+            f"{resolve_reference(str(info['model']), Path(folder))} now has fingerprint {now[:16]} (changed since, "
+            f"e.g. retrained in place); rebuild the index (rerun its index step, or `retrdistill index`) before "
+            f"searching it")
 
 
 def resolve_reference(ref: str, folder: Path) -> str:

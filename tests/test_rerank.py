@@ -210,7 +210,7 @@ def test_retriever_rerank_with_a_trained_student(trained, small_index):
     reranking = retriever.rerank_with(str(trained.out_dir / "model"), depth=8)
     hits = reranking.search(query, k=5)
     assert len(hits) == 5 and {h.doc_id for h in hits} <= {h.doc_id for h in first}
-    scores = CrossEncoder(str(trained.out_dir / "model")).predict([(query, h.text) for h in first])
+    scores = CrossEncoder(str(trained.out_dir / "model")).predict([(query, h.passage) for h in first])
     best = sorted(zip(scores, [h.doc_id for h in first]), reverse=True)[:5]
     assert [h.doc_id for h in hits] == [d for _, d in best]
     np.testing.assert_allclose([h.score for h in hits], [s for s, _ in best], rtol=1e-4, atol=1e-4)

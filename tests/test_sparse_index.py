@@ -142,7 +142,7 @@ def test_retriever_loads_a_sparse_index_like_a_dense_one(sparse_index, collectio
     assert len(hits) == 5 and all(isinstance(h, Hit) for h in hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True) and hits[-1].score > 0
     row = collection.corpus.row_index()
-    assert [h.text for h in hits] == collection.corpus.texts_at([row[h.doc_id] for h in hits])
+    assert [h.passage for h in hits] == collection.corpus.texts_at([row[h.doc_id] for h in hits])
     batch = retriever.batch_search(list(collection.queries.values())[:3], k=5)
     # a query encoded in a batch (padded) and alone differ by float rounding only
     assert [h.doc_id for h in batch[0]] == [h.doc_id for h in hits]

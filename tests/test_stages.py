@@ -212,7 +212,7 @@ def test_retriever_api_returns_ids_scores_texts(work, index_dir):
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     corpus = open_collection(work["collection"], work["cache"] / "corpora").corpus
     row = corpus.row_index()
-    assert hits[0].text == corpus.texts_at([row[hits[0].doc_id]])[0]
+    assert hits[0].passage == corpus.texts_at([row[hits[0].doc_id]])[0]
     batch = retriever.batch_search(["a", "axon terminals or synaptic knob definition"], k=3)
     assert [h.doc_id for h in batch[1]] == [h.doc_id for h in hits[:3]]
 

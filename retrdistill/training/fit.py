@@ -57,9 +57,10 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
 
     Inputs: any sentence-transformers trainer pair (``SentenceTransformerTrainer`` and its arguments,
     ``SparseEncoderTrainer``, ``CrossEncoderTrainer``); ``work_dir`` holds the trainer's scratch files and is
-    removed afterwards. The trainer never prints: transformers' ``PrinterCallback`` (used when progress bars
-    are off) is replaced by one that logs through :mod:`logging`, and its ``ProgressCallback`` keeps its bars
-    (stderr) but not the log dicts it writes to stdout.
+    removed afterwards. The trainer never prints: transformers' ``PrinterCallback`` and ``ProgressCallback``
+    are replaced by :class:`StepBar` (one labelled bar of :mod:`retrdistill.progress`, ``train (dense)`` counting
+    steps) and :class:`LogCallback` (the losses logged every ``logging_steps``, rounded), and
+    sentence-transformers' model-card bar ("Computing widget examples") is not drawn.
 
     Output: counts ``steps``, ``train_loss`` (mean over the run), ``first_logged_loss``, ``last_logged_loss``
     and ``loss_curve`` (``[step, loss]`` every ``logging_steps``).
@@ -128,11 +129,13 @@ def fit(trainer_classes: tuple[type, type], model, loss, dataset, settings: FitS
             arguments.update(eval_steps=int(validation.every), save_steps=int(validation.every))
         extra["evaluator"] = validation.evaluator
     args = args_cls(**arguments)
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss, **extra)
+    with _model_card_bars_off():
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, loss=loss, **extra)
+    label = f"train ({trainer_kind(trainer_cls)})"
     trainer.remove_callback(PrinterCallback)
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(BarOnlyProgress())
-    trainer.add_callback(LogCallback())
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StepBar(label))
+    trainer.add_callback(LogCallback(label))
     if validation is not None:
         if validation.keep_dir is not None:
             trainer.add_callback(KeepCheckpoints(validation.keep_dir, validation.save))
@@ -208,20 +211,114 @@ class KeepCheckpoints(TrainerCallback):
             self.save(model, self.folder / f"step-{state.global_step}")
 
 
-class BarOnlyProgress(ProgressCallback):
-    """transformers' progress bars without their ``on_log``, which writes every log dict to stdout (logged by
-    :class:`LogCallback` instead)."""
+def trainer_kind(trainer_cls: type) -> str:
+    """What a trainer class trains, for labels: ``dense``, ``sparse`` or ``cross-encoder``."""
+    names = {c.__name__ for c in trainer_cls.__mro__}
+    if "SparseEncoderTrainer" in names:
+        return "sparse"
+    if "CrossEncoderTrainer" in names:
+        return "cross-encoder"
+    return "dense"
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        return None
+
+class _model_card_bars_off:
+    """sentence-transformers draws a "Computing widget examples" bar while the trainer is made (for the model
+    card): drawn disabled here."""
+
+    def __enter__(self) -> None:
+        import functools
+
+        try:
+            from sentence_transformers.base import model_card
+        except ImportError:  # another layout: nothing to silence
+            self.module = None
+            return
+        self.module, self.tqdm = model_card, getattr(model_card, "tqdm", None)
+        if self.tqdm is not None:
+            model_card.tqdm = functools.partial(self.tqdm, disable=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.module is not None and self.tqdm is not None:
+            self.module.tqdm = self.tqdm
+
+
+class StepBar(TrainerCallback):
+    """The training steps as one labelled bar of :mod:`retrdistill.progress` (``train (dense)``, unit ``step``),
+    with the validation searches nested in it; evaluation batches, if the trainer runs any, as a nested bar."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.training_bar = None
+        self.prediction_bar = None
+        self.current_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = progress.bar(state.max_steps, self.label, "step", initial=state.global_step)
+        self.current_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.update(state.global_step - self.current_step)
+        self.current_step = state.global_step
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if state.is_world_process_zero and eval_dataloader is not None and hasattr(eval_dataloader, "__len__"):
+            if self.prediction_bar is None:
+                self.prediction_bar = progress.bar(len(eval_dataloader), f"{self.label} evaluate", "batch")
+            self.prediction_bar.update(1)
+
+    def _close_prediction(self) -> None:
+        if self.prediction_bar is not None:
+            self.prediction_bar.close()
+        self.prediction_bar = None
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._close_prediction()
+
+    def on_predict(self, args, state, control, **kwargs):
+        self._close_prediction()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._close_prediction()
+        if self.training_bar is not None:
+            self.training_bar.close()
+        self.training_bar = None
+
+
+# what the trainer reports that is not worth a log line (the validation metrics, eval_*, are logged by the
+# validation evaluator itself)
+_UNLOGGED = {"total_flos", "train_samples_per_second", "train_steps_per_second"}
+
+
+def _rounded(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 class LogCallback(TrainerCallback):
-    """Logs what the trainer reports (the losses, the run's summary) instead of printing it."""
+    """Logs what the trainer reports, every ``logging_steps``, rounded (never printed): ``train (dense): step
+    20/114 (epoch 0.35): loss 0.4127, grad_norm 1.52, learning_rate 2.7e-05``, and the run's summary."""
+
+    def __init__(self, label: str = "train") -> None:
+        self.label = label
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_local_process_zero and logs:
-            log.info("train: step %d: %s", state.global_step, {k: v for k, v in logs.items() if k != "total_flos"})
+        if not (state.is_local_process_zero and logs):
+            return
+        if "train_runtime" in logs:  # the run's summary
+            log.info("%s: done, %d steps: train_runtime %.1fs, train_loss %s", self.label, state.global_step,
+                     logs["train_runtime"], _rounded(logs.get("train_loss")))
+            return
+        shown = {k: v for k, v in logs.items() if k not in _UNLOGGED and k != "epoch" and not k.startswith("eval_")}
+        if not shown:
+            log.debug("%s: step %d: %s", self.label, state.global_step,
+                      ", ".join(f"{k} {_rounded(v)}" for k, v in logs.items() if k not in _UNLOGGED))
+            return
+        epoch = f" (epoch {logs['epoch']:.2f})" if isinstance(logs.get("epoch"), (int, float)) else ""
+        log.info("%s: step %d/%d%s: %s", self.label, state.global_step, state.max_steps, epoch,
+                 ", ".join(f"{k} {_rounded(v)}" for k, v in shown.items()))
 
 
 def truncated(model, dim: int):

@@ -103,7 +103,7 @@ def test_package_source_loads_no_pickle_and_no_remote_code():
 
 
 # ------------------------------------------------------------------ trust_remote_code
-def test_trust_remote_code_is_off_unless_asked(monkeypatch):
+def test_trust_remote_code_is_off_unless_asked(monkeypatch, tmp_path):
     import sentence_transformers
 
     from retrdistill import models
@@ -118,9 +118,10 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch):
 
     monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Fake)
     monkeypatch.setattr(sentence_transformers, "CrossEncoder", Fake)
-    models.load_sentence_transformer("no-such-model-folder")
-    models.load_cross_encoder("no-such-model-folder")
-    models.load_sentence_transformer("no-such-model-folder", trust_remote_code=True)
+    folder = str(tmp_path)  # a local folder: resolved without the hub (the loader is replaced above)
+    models.load_sentence_transformer(folder)
+    models.load_cross_encoder(folder)
+    models.load_sentence_transformer(folder, trust_remote_code=True)
     assert seen == [False, False, True]
 
 

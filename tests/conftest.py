@@ -171,3 +171,16 @@ def small_teacher_choice(tmp_path_factory, small_collection, small_cache) -> str
 def small_teacher_pick(tmp_path_factory, small_collection, small_cache) -> str:
     """The same rating with ``select: pick``: the choice is one teacher."""
     return _teacher_choice(tmp_path_factory, small_collection, small_cache, "pick")
+
+
+@pytest.fixture(autouse=True)
+def _library_bars_restored():
+    """A CLI command run in-process with ``--quiet`` silences every library's progress bars for the rest of the
+    process (right for a command line); a test suite runs many commands in one process, so each test starts
+    with the bars as they were."""
+    from retrdistill import progress
+
+    was = progress.enabled()
+    yield
+    progress.silence_libraries(False)
+    progress.enable(was)

@@ -229,7 +229,7 @@ def test_translated_system_runs_the_inner_system_on_translations(small_collectio
     assert out.provenance["language_pair"] == "pt-en"
     overlap = np.mean([len(set(out.run[q]) & set(direct.run[q])) / max(1, len(direct.run[q])) for q in english])
     assert overlap > 0.3  # back-translated queries retrieve much of what the English ones do
-    with pytest.raises(ConfigError, match="'system' must be a mapping"):
+    with pytest.raises(ConfigError, match="options.system: expected dict, got str 'bm25'"):
         registry.build("system", "translated", {"system": "bm25"})
 
 

@@ -3,11 +3,12 @@ references resolved to artefact parts, and each step's cost recorded in its mani
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from retrdistill.artefacts import read_manifest
@@ -104,25 +105,45 @@ def test_bundled_pipelines_load(sample_dir):
         assert p.steps, path
 
 
-def test_a_step_records_its_wall_time_and_peak_memory(tmp_path):
-    def body(tmp: Path) -> dict:
-        block = np.ones(300 * 2**20 // 8)  # 300 MB of anonymous memory, touched
-        (tmp / "x.txt").write_text(str(float(block.sum())))
-        # RssAnon is sampled (the kernel keeps no high-water mark for it): hold the block past a few sampling
-        # intervals, since numpy holds the GIL while it fills and sums, so the sampler may not run until now
-        time.sleep(0.2)
-        del block
-        return {}
+_MEASURED_STEPS = """
+import json, sys, time
+from pathlib import Path
 
-    result = Work("queries", "queries", tmp_path / "out", {"a": 1}, {}, body, step="x").run()
-    memory = read_manifest(tmp_path / "out").memory
-    assert result.manifest.step == "x"
-    # the RSS peak is the kernel's high-water mark (VmHWM), exact; RssAnon has none and is sampled by a thread,
-    # which missed this block twice in CI's long process (peak = start), so it is only checked to be recorded
-    assert memory["peak_rss_mb"] - memory["start_rss_mb"] >= 250
-    assert memory["peak_anon_mb"] >= memory["start_anon_mb"] > 0
-    small = Work("queries", "queries", tmp_path / "small", {"a": 1}, {}, lambda t: (t / "y").write_text("1") and {}).run()
-    assert small.manifest.memory["peak_anon_mb"] - small.manifest.memory["start_anon_mb"] < 100  # a new peak per step
+import numpy as np
+
+from retrdistill.artefacts import read_manifest
+from retrdistill.stages.base import Work
+
+
+def big(tmp: Path) -> dict:
+    block = np.ones(300 * 2**20 // 8)  # 300 MB of anonymous memory, touched
+    (tmp / "x.txt").write_text(str(float(block.sum())))
+    time.sleep(0.2)  # RssAnon is sampled by a thread: hold the block past a few of its intervals
+    del block
+    return {}
+
+
+root = Path(sys.argv[1])
+Work("queries", "queries", root / "big", {"a": 1}, {}, big, step="x").run()
+Work("queries", "queries", root / "small", {"a": 1}, {}, lambda t: (t / "y").write_text("1") and {}).run()
+print(json.dumps({name: {"step": read_manifest(root / name).step, **read_manifest(root / name).memory}
+                  for name in ("big", "small")}))
+"""
+
+
+def test_a_step_records_its_wall_time_and_peak_memory(tmp_path):
+    # In its own interpreter, as a `retrdistill run` is: in the test run's long process a 300 MB block may be
+    # served from memory an earlier test freed and that is still resident, so the step would add nothing to RSS.
+    done = subprocess.run([sys.executable, "-c", _MEASURED_STEPS, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    memory = json.loads(done.stdout.strip().splitlines()[-1])
+    big, small = memory["big"], memory["small"]
+    assert big["step"] == "x"
+    assert big["peak_rss_mb"] - big["start_rss_mb"] >= 250  # VmHWM reset at the step's start, else sampled
+    assert big["peak_anon_mb"] - big["start_anon_mb"] >= 250
+    assert small["peak_anon_mb"] - small["start_anon_mb"] < 100  # each step measures its own peak
+    assert small["peak_rss_mb"] - small["start_rss_mb"] < 100
 
 
 def test_yaml_merge_keys_share_a_step_recipe_and_explicit_keys_win(tmp_path, sample_dir):

@@ -3,6 +3,7 @@
     nice -n 10 python benchmarks/reproductions.py --rows cheap      # the tested rows (bm25s, Lucene flat, MiniLM)
     nice -n 10 python benchmarks/reproductions.py --rows bm25s,minilm
     nice -n 10 python benchmarks/reproductions.py --rows all        # every runnable row (mpnet, nomic: long on CPU)
+    python benchmarks/reproductions.py --table                      # the written matrix as Markdown; runs nothing
 
 Every selected row runs as its own eval (``run_eval`` with an ``EvalConfig`` holding the row's one system) on
 ``data/scifact``: the 300 test claims, metrics nDCG@10 and Recall@100, depth 100, no cost measurement. Its
@@ -13,9 +14,10 @@ setting) and rows without a published figure are reported, not compared.
 
 Results merge into ``benchmarks/results/reproductions-scifact.json`` (or ``--out``): the rows run now replace
 their earlier entries, the others stay as they were measured; each entry keeps its date, machine (cores, CPU
-model) and load averages. Corpus embeddings and BM25 / Lucene indexes are cached in ``--cache`` (default
-``.cache/retrdistill``), so a rerun of a dense row costs the queries only; ``--work`` holds each row's eval
-artefact (TREC run, per-query results, leaderboard).
+model) and load averages; rows never run are listed with the reason. Corpus embeddings and BM25 / Lucene indexes
+are cached in ``--cache`` (default ``.cache/retrdistill``), so a rerun of a dense row costs the queries only
+(``--fresh-cache`` uses an empty temporary cache instead, so ``seconds`` is the whole cost); ``--work`` holds
+each row's eval artefact (TREC run, per-query results, leaderboard).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def compare(matrix: dict[str, Any], name: str, ours: dict[str, float] | None) ->
     difference = {}
     for metric in matrix["metrics"]:
         p, o = published.get(metric), (ours or {}).get(metric)
-        difference[metric] = None if p is None or o is None else round(100 * (o - p), 2)
+        difference[metric] = None if p is None or o is None else round(100 * (o - p), 2) + 0.0  # no -0.0
     primary = difference.get("ndcg@10")
     limit = tolerance(matrix, row)
     return {
@@ -271,8 +273,18 @@ def _run(args: argparse.Namespace, matrix: dict[str, Any], write_json_atomic) ->
                  record["difference"])
     # the file as it is now (another run may have written it meanwhile), the rows run here replacing theirs
     previous = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
-    rows = {**previous.get("rows", {}), **rows}
+    kept = {}
+    for name, record in previous.get("rows", {}).items():  # earlier measurements, compared with the matrix as it is
+        if name in matrix["rows"] and name not in rows and record.get("ours"):
+            fresh = row_record(matrix, name, {"ours": record["ours"], "seconds": record.get("seconds")})
+            record = {**{k: v for k, v in record.items() if k != "why_different"}, **fresh}
+        kept[name] = record
+    rows = {**kept, **rows}
     order = list(matrix["rows"])
+    for name in order:  # every row of the matrix is listed, the ones never run as such
+        if name not in rows or (rows[name].get("ours") is None and name not in names):
+            reason = unavailable(matrix["rows"][name]) or f"not run yet: --rows {name}"
+            rows[name] = row_record(matrix, name, None, reason=reason)
     report = {
         "dataset": matrix["dataset"], "split": matrix.get("split", "test"), "metrics": matrix["metrics"],
         "depth": matrix.get("depth", 100), "matrix": _shown(args.matrix),

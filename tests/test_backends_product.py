@@ -115,6 +115,29 @@ def test_fingerprints_change_only_where_output_changes(small_collection, cache, 
         registry.build("system", "dense", {"model": minilm, "backend": "gpu-magic"})
 
 
+def test_the_dense_miner_mines_the_same_hits_on_the_fp32_fast_path(small_collection, cache, minilm, tmp_path):
+    """A dense miner on onnx keeps torch's fingerprint and shares its cached corpus embeddings, and mines the
+    same passages in the same order; onnx-int8 changes the fingerprint."""
+    from retrdistill import registry
+    from retrdistill.data.beir import load_corpus
+
+    corpus = load_corpus(small_collection / "corpus.jsonl", cache / "corpora")
+    queries = _queries(small_collection)
+
+    def miner(backend, where):
+        return registry.build("miner", "dense", {"model": minilm, "max_seq_length": MAX_LEN, "backend": backend},
+                              corpus=corpus, cache_dir=where)
+
+    torch_miner, onnx_miner = miner("torch", tmp_path / "torch"), miner("onnx", tmp_path / "onnx")
+    assert torch_miner.fingerprint() == onnx_miner.fingerprint() != miner("onnx-int8", cache).fingerprint()
+    expected, got = torch_miner.search(queries, 20), onnx_miner.search(queries, 20)
+    for q in queries:
+        assert [h[0] for h in got[q]] == [h[0] for h in expected[q]]
+        np.testing.assert_allclose([h[1] for h in got[q]], [h[1] for h in expected[q]], atol=1e-4)
+    embeddings = sorted(p.name for p in (tmp_path / "torch" / "embeddings").iterdir())
+    assert embeddings == sorted(p.name for p in (tmp_path / "onnx" / "embeddings").iterdir())  # one cache key
+
+
 def test_index_step_records_its_backend_and_retriever_follows_it(indexes, small_collection, minilm, cache):
     from retrdistill import Retriever
     from retrdistill.artefacts import read_manifest

@@ -189,6 +189,54 @@ def test_evaluator_equals_a_brute_force_computation(small_collection, small_cach
     assert values["teacher-spearman"] == pytest.approx(np.mean(rho), abs=1e-4)
 
 
+def test_a_corpus_sample_searches_the_sample_and_the_candidates_only(small_collection, small_cache, scored, tmp_path):
+    """With ``corpus_sample``, the search metrics equal a brute-force search over exactly the drawn rows plus
+    every held-out candidate; the same rows at every evaluation; the candidates' metrics are unchanged."""
+    from retrdistill.data.beir import open_collection
+    from retrdistill.validation.evaluator import LabelFreeEvaluator
+
+    corpus = open_collection(small_collection, small_cache / "corpora").corpus
+    _, held, _ = split_scores(scored, tmp_path, ValidationSettings(fraction=0.3, seed=2))
+    model = registry.build("student", "pruned", TINY).load()
+    metrics = [registry.build("validation_metric", "pseudo-positive", {}),
+               registry.build("validation_metric", "teacher-agreement", {})]
+    whole = LabelFreeEvaluator(held, corpus, metrics, "pseudo-mrr@10")(model)
+    evaluator = LabelFreeEvaluator(held, corpus, metrics, "pseudo-mrr@10", corpus_sample=40, seed=9)
+    ids = corpus.id_list()
+    searched = evaluator.searched_rows
+    candidates = {ids.index(d) for g in held for d in g.docids}
+    drawn = set(np.random.default_rng(9).choice(len(ids), size=40, replace=False).tolist())
+    assert set(searched) == drawn | candidates and len(searched) < len(ids)
+    assert evaluator.get_config_dict()["searched"] == len(searched)
+    values = evaluator(model)
+    assert evaluator(model) == values  # the same rows, the same numbers
+    docs = model.encode([corpus.texts(r, r + 1)[0] for r in searched], normalize_embeddings=True)
+    queries = model.encode([g.query for g in held], normalize_embeddings=True)
+    rr = []
+    for g, q in zip(held, queries):
+        order = np.argsort(-(docs @ q), kind="stable")
+        ranked = [ids[searched[i]] for i in order]
+        rank = ranked.index(g.docids[0]) + 1
+        rr.append(1 / rank if rank <= 10 else 0.0)
+    assert values["pseudo-mrr@10"] == pytest.approx(np.mean(rr), abs=1e-6)
+    assert values["pseudo-mrr@10"] >= whole["pseudo-mrr@10"]  # fewer passages to beat the positive
+    assert values["teacher-ndcg@10"] == pytest.approx(whole["teacher-ndcg@10"], abs=1e-5)
+    assert LabelFreeEvaluator(held, corpus, metrics, "pseudo-mrr@10", corpus_sample=len(ids)).searched_rows is None
+
+
+def test_a_corpus_sample_keys_the_train_step_and_is_checked():
+    from retrdistill.stages.base import config_dict
+    from retrdistill.stages.train import TrainConfig
+
+    assert "corpus_sample" not in ValidationSettings().fingerprint()
+    assert ValidationSettings(corpus_sample=500).fingerprint()["corpus_sample"] == 500
+    assert (config_dict(TrainConfig(validation={"corpus_sample": 500}))
+            != config_dict(TrainConfig(validation={"corpus_sample": 600})))
+    for bad in (0, -3, "many", True):
+        with pytest.raises(ConfigError, match="corpus_sample"):
+            TrainConfig(validation={"corpus_sample": bad})
+
+
 # ------------------------------------------------------------------ the kept checkpoint
 KEPT = {"fraction": 0.3, "seed": 2, "metric": "pseudo-mrr@10", "at_start": True, "keep_checkpoints": True}
 

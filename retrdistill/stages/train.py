@@ -256,7 +256,8 @@ def _fit_validation(settings, checking: dict[str, Any], student, cfg: TrainConfi
         return model if cfg.truncate_dim is None else student.truncate(model, cfg.truncate_dim)
 
     evaluator = LabelFreeEvaluator(checking["groups"], sources.corpus, settings.parts(), settings.metric,
-                                   batch_size=settings.batch_size, transform=as_saved)
+                                   batch_size=settings.batch_size, transform=as_saved,
+                                   corpus_sample=settings.corpus_sample, seed=settings.seed)
     keep = tmp / "checkpoints" if settings.keep_checkpoints else None
     return FitValidation(evaluator, settings.metric, settings.every, settings.at_start, keep,
                          lambda model, folder: student.save(as_saved(model), folder))

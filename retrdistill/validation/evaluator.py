@@ -1,7 +1,8 @@
 """The evaluator a sentence-transformers trainer calls at every evaluation: the label-free metrics of the
-student as it is, computed over the whole corpus.
+student as it is, computed over the whole corpus or over a fixed part of it.
 
-Each call encodes the held-out queries and the whole corpus with the student (through
+Each call encodes the held-out queries and the whole corpus (or, with ``corpus_sample=N``, a seeded sample of N
+corpus passages plus every held-out candidate, the same rows at every call) with the student (through
 :func:`retrdistill.encoding.engine.encode_texts`, with a progress bar), searches exactly, computes every
 metric part and returns ``{name: value}``; the trainer prefixes the names with ``eval_`` and picks the best
 checkpoint on the chosen one (``metric_for_best_model``). When no metric needs a corpus search only the
@@ -43,7 +44,7 @@ class LabelFreeEvaluator(BaseEvaluator):
     """
 
     def __init__(self, groups: list, corpus, metrics: list, primary: str, *, batch_size: int = 64,
-                 transform=None) -> None:
+                 transform=None, corpus_sample: int | None = None, seed: int = 13) -> None:
         super().__init__()
         if not groups:
             raise ValueError("validation needs at least one held-out group")
@@ -55,6 +56,20 @@ class LabelFreeEvaluator(BaseEvaluator):
         self.batch_size = batch_size
         self.transform = transform  # model -> the model as it will be saved (e.g. cut to truncate_dim)
         self.history: list[dict[str, Any]] = []
+        self.searched_rows = self._searched_rows(corpus_sample, seed)
+
+    def _searched_rows(self, corpus_sample: int | None, seed: int) -> list[int] | None:
+        """The corpus rows a search covers: None for the whole corpus, else the held-out groups' candidates
+        and ``corpus_sample`` rows drawn with ``seed`` (fixed for the whole fit, so evaluations compare)."""
+        n = len(self.corpus)
+        if corpus_sample is None or corpus_sample >= n:
+            return None
+        row = self.corpus.row_index()
+        drawn = np.random.default_rng(seed).choice(n, size=corpus_sample, replace=False)
+        rows = sorted({int(r) for r in drawn} | {int(row[d]) for g in self.groups for d in g.docids})
+        log.info("validation searches %d of %d passages (a sample of %d, seed %d, and the held-out candidates)",
+                 len(rows), n, corpus_sample, seed)
+        return rows
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:
         started = time.perf_counter()
@@ -77,8 +92,13 @@ class LabelFreeEvaluator(BaseEvaluator):
         queries = self._encode(model, [g.query for g in self.groups], "query", normalize)
         row = corpus.row_index()
         if any(m.search_depth() > 0 for m in self.metrics):
-            passages = self._encode_rows(model, None, normalize, "validation: encoding the corpus")
-            return ValidationView(self.groups, queries, passages, row, None, corpus.ids_at)
+            if self.searched_rows is None:
+                passages = self._encode_rows(model, None, normalize, "validation: encoding the corpus")
+                return ValidationView(self.groups, queries, passages, row, None, corpus.ids_at)
+            rows = self.searched_rows
+            passages = self._encode_rows(model, rows, normalize, "validation: encoding the corpus sample")
+            return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)},
+                                  corpus.ids_at, searched_rows=np.asarray(rows, dtype=np.int64))
         rows = sorted({int(row[d]) for g in self.groups for d in g.docids})
         passages = self._encode_rows(model, rows, normalize, "validation: encoding the candidates")
         return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)}, corpus.ids_at)
@@ -112,4 +132,5 @@ class LabelFreeEvaluator(BaseEvaluator):
         return encode_texts(model, texts, batch_size=self.batch_size, normalize=normalize, on_progress=on_progress)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"groups": len(self.groups), "metrics": [m.fingerprint() for m in self.metrics]}
+        return {"groups": len(self.groups), "metrics": [m.fingerprint() for m in self.metrics],
+                "searched": "corpus" if self.searched_rows is None else len(self.searched_rows)}

@@ -26,7 +26,9 @@ class ValidationView:
 
     ``passages``: embeddings of corpus rows; ``passage_row``: corpus row -> row of ``passages`` (None: the row
     numbers are the same, ``passages`` is the whole corpus in corpus order). ``doc_row``: doc id -> corpus row.
-    ``corpus_ids``: corpus row -> doc id, for the rows searched.
+    ``corpus_ids``: corpus row -> doc id, for the rows searched. ``searched_rows``: where ``passages`` holds a
+    searchable part of the corpus (a fixed sample plus the held-out candidates), the corpus row of each of its
+    rows in order; searches then run over that part.
     """
 
     groups: list[ScoredGroup]
@@ -35,6 +37,7 @@ class ValidationView:
     doc_row: Any  # Mapping[str, int]
     passage_row: dict[int, int] | None = None
     corpus_ids: Any = None  # Callable[[list[int]], list[str]]
+    searched_rows: np.ndarray | None = None
     _ranked: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def candidate_scores(self, i: int) -> np.ndarray:
@@ -47,17 +50,20 @@ class ValidationView:
         return self.passages[rows] @ self.queries[i]
 
     def search(self, k: int) -> np.ndarray:
-        """Corpus rows of the top ``k`` per query over the whole corpus (``passage_row`` must be None), best
-        first, exact; -1 where the corpus has fewer than ``k`` passages."""
-        if self.passage_row is not None:
-            raise ValueError("a corpus search needs the whole corpus encoded")
+        """Corpus rows of the top ``k`` per query over the whole corpus (``passage_row`` None) or over the
+        searched part (``searched_rows``), best first, exact; -1 where fewer than ``k`` passages are searched."""
+        if self.passage_row is not None and self.searched_rows is None:
+            raise ValueError("a corpus search needs the whole corpus, or a searched part of it, encoded")
         if k not in self._ranked:
             if _is_sparse(self.passages):
-                self._ranked[k] = sparse_top_k(self.queries, self.passages, k)
+                scores, rows = sparse_top_k(self.queries, self.passages, k)
             else:
                 from retrdistill.encoding.search import exact_search
 
-                self._ranked[k] = exact_search(self.queries, self.passages, k)
+                scores, rows = exact_search(self.queries, self.passages, k)
+            if self.searched_rows is not None:  # rows of ``passages`` -> corpus rows
+                rows = np.where(rows >= 0, np.asarray(self.searched_rows)[np.maximum(rows, 0)], -1)
+            self._ranked[k] = (scores, rows)
         return self._ranked[k][1]
 
 

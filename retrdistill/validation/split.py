@@ -37,6 +37,10 @@ class ValidationSettings:
     at_start: also evaluate the model before training (a point of the curve, not a candidate checkpoint).
     keep_checkpoints: also write every evaluated checkpoint to ``checkpoints/step-N/`` in the artefact.
     batch_size: encoding batch size of the evaluations.
+    corpus_sample: search metrics (``pseudo-mrr@10``, ``pseudo-recall@100``) search a fixed part of the corpus:
+        this many passages drawn with ``seed`` plus every held-out candidate (None: the whole corpus at every
+        evaluation). A cheaper check on a large corpus; the metric's scale changes, the chosen checkpoint is
+        what matters (benchmarks/validation_sample.py measures both).
     """
 
     fraction: float = 0.1
@@ -49,6 +53,7 @@ class ValidationSettings:
     at_start: bool = False
     keep_checkpoints: bool = False
     batch_size: int = field(default=64, metadata={"min": 1})
+    corpus_sample: int | None = field(default=None, metadata={"min": 1})
 
     def __post_init__(self) -> None:
         if not (isinstance(self.fraction, (int, float)) and 0 < self.fraction < 1):
@@ -66,13 +71,20 @@ class ValidationSettings:
             raise ValueError(f"validation.metric {self.metric!r} is not computed; expected one of: {', '.join(names)}")
         if self.batch_size < 1:
             raise ValueError("validation.batch_size must be positive")
+        if self.corpus_sample is not None and (isinstance(self.corpus_sample, bool) or
+                                               not isinstance(self.corpus_sample, int) or self.corpus_sample < 1):
+            raise ValueError(f"validation.corpus_sample must be a positive number of passages or null, "
+                             f"got {self.corpus_sample!r}")
 
     def parts(self) -> list:
         """The metric parts, built from the registry (unknown names list the registered ones)."""
         return [registry.build("validation_metric", name, self.metric_options.get(name, {})) for name in self.metrics]
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"fraction": self.fraction, "seed": self.seed, "metrics": [p.fingerprint() for p in self.parts()]}
+        out = {"fraction": self.fraction, "seed": self.seed, "metrics": [p.fingerprint() for p in self.parts()]}
+        if self.corpus_sample is not None:  # which passages are searched: changes the curve and the checkpoint
+            out["corpus_sample"] = self.corpus_sample
+        return out
 
 
 def validation_settings(raw: dict[str, Any]) -> ValidationSettings | None:

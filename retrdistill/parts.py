@@ -54,6 +54,9 @@ class Part(ABC):
     # ``{fixture}`` (``{minilm}``, ``{small_collection}/queries.jsonl``).
     example_options: ClassVar[dict[str, Any]] = {}
     example_variants: ClassVar[dict[str, Any]] = {}
+    # options an option's variant is only valid or read with (e.g. a client's options need the client named):
+    # the contract test sets them on both sides of that comparison
+    variant_companions: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, options: Any = None, *args: Any, **context: Any) -> None:
         """``options``: an instance of ``Options`` (None: the defaults); context by keyword, or positionally in
@@ -169,6 +172,11 @@ class Teacher(Part):
     @abstractmethod
     def retrieve(self, queries: dict[str, str], k: int, **kwargs: Any) -> Run:
         """The teacher as a retriever (bi-encoders search, cross-encoders re-rank a first stage)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of the work done so far that the score step records in its manifest (``counts.teacher``), e.g.
+        an LLM judge's answers outside its top tokens. Empty here."""
+        return {}
 
     def members(self) -> list["Teacher"]:
         """The teachers whose scores this one combines per query (an ensemble). Whoever scores through the score
@@ -488,6 +496,18 @@ class LLMClient(Part):
     def input_files(self) -> list[Path]:
         """Local files the completions come from (a model folder), for steps that fingerprint their inputs."""
         return []
+
+    def first_token_logprobs(self, prompts: list[list[dict[str, str]]], top_n: int) -> list[dict[str, float]]:
+        """For each prompt, the ``top_n`` most likely first tokens of the answer (greedy, one token) as
+        ``{token text: natural-log probability}``, in order. A client that cannot read token probabilities
+        raises ``ConfigError`` (this default)."""
+        from retrdistill.errors import ConfigError
+
+        raise ConfigError(f"llm {type(self).__name__} does not return token log-probabilities")
+
+    def chat_prompts(self) -> bool:
+        """Whether prompts reach the model through its chat template (False: joined as plain text)."""
+        return True
 
 
 class Translator(Part):

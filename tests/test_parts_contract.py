@@ -7,7 +7,7 @@ when it declares none) with a real small collection, models and index folders as
 * has a JSON-able fingerprint, the same in a fresh Python process;
 * has a fingerprint that every option changes, except the options it declares ``output_neutral``, which do not
   (each option is set in turn to another valid value: its ``example_variants`` entry, else one derived from its
-  type);
+  type; with its ``variant_companions`` set on both sides where it is only read with them);
 * indexers keep what they built through save and load; students load a model.
 
 A part registered later is covered without editing this file. Finally a new miner, written in a temporary
@@ -159,8 +159,11 @@ def test_every_output_option_changes_the_fingerprint(kind, name, request, contex
             wrong.append(f"{field}: no generic other value for {value!r}; declare example_variants[{field!r}]")
             continue
         assert other != value, f"{kind} {name}: the variant of {field} equals its value {value!r}"
-        part = registry.build(kind, name, {**base_options, field: other}, **context)
-        changed = fingerprint_obj(part.fingerprint()) != before
+        companions = _resolve(dict(cls.variant_companions.get(field, {})), request)
+        reference = before if not companions else fingerprint_obj(
+            registry.build(kind, name, {**base_options, **companions}, **context).fingerprint())
+        part = registry.build(kind, name, {**base_options, **companions, field: other}, **context)
+        changed = fingerprint_obj(part.fingerprint()) != reference
         if changed == (field in cls.output_neutral):
             wrong.append(f"{field}: {value!r} -> {other!r} {'changed' if changed else 'left'} the fingerprint"
                          f"{' but is output-neutral' if changed else ''}")
@@ -173,6 +176,7 @@ def test_every_output_neutral_option_is_an_option():
         fields = {f.name for f in dataclasses.fields(cls.Options)}
         assert set(cls.output_neutral) <= fields, p.id
         assert set(cls.example_variants) <= fields, p.id
+        assert set(cls.variant_companions) <= fields, p.id
 
 
 # ------------------------------------------------------------------ parts with state

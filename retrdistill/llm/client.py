@@ -38,6 +38,7 @@ from retrdistill.parts import LLMClient
 log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
+MAX_TOP_LOGPROBS = 20  # as OpenAI's API bounds top_logprobs
 
 
 class LLMError(RetrdistillError):
@@ -55,10 +56,13 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int = 13
     stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # also return the N most likely tokens at each generated position (0: none)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be at least 1")
+        if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ConfigError(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("need temperature >= 0 and 0 < top_p <= 1")
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -67,6 +71,8 @@ class GenerationParams:
         """What changes the output, as the cache keys it (``top_p`` and ``seed`` do not under greedy decoding)."""
         out = asdict(self)
         out["stop"] = list(self.stop)
+        if not self.top_logprobs:  # the texts alone: keyed as before token probabilities could be asked for
+            out.pop("top_logprobs")
         if self.temperature == 0:
             out.pop("top_p")
             out.pop("seed")
@@ -83,6 +89,9 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # with ``GenerationParams.top_logprobs``: per generated token, (its text, its log-probability, the top N
+    # ``(text, log-probability)`` at that position, most likely first)
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
 
 
 def check_messages(messages: Messages) -> None:
@@ -235,18 +244,65 @@ class TransformersClient(LLMClient):
                 kwargs.update(temperature=params.temperature, top_p=params.top_p)
             else:  # not the checkpoint's sampling defaults: greedy means greedy
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if params.top_logprobs:  # the raw logits of each generated position, before any sampling warper
+                kwargs.update(output_logits=True, return_dict_in_generate=True)
             with torch.inference_mode():
                 generated = model.generate(**enc, **kwargs)
-            new = generated[:, enc["input_ids"].shape[1]:].tolist()
-            for i, ids in zip(rows, new):
+            sequences = generated.sequences if params.top_logprobs else generated
+            new = sequences[:, enc["input_ids"].shape[1]:].tolist()
+            for row, (i, ids) in enumerate(zip(rows, new)):
                 ended = next((n for n, t in enumerate(ids) if t in eos), None)
-                ids = ids if ended is None else ids[:ended]
-                raw = tokenizer.decode(ids, skip_special_tokens=True)
+                kept = ids if ended is None else ids[:ended]
+                raw = tokenizer.decode(kept, skip_special_tokens=True)
                 text = cut_at_stop(raw, params.stop)
-                stopped = ended is not None or len(ids) < params.max_new_tokens or text != raw.strip()
-                out[i] = Completion(text, min(lengths[i], self.options.max_input_tokens), len(ids),
-                                    "stop" if stopped else "length")
+                stopped = ended is not None or len(kept) < params.max_new_tokens or text != raw.strip()
+                probs = None
+                if params.top_logprobs:  # the answer's tokens and the end-of-text token that closed it
+                    shown = ids[:len(kept) + (ended is not None)]
+                    probs = _token_logprobs(tokenizer, [step[row] for step in generated.logits[:len(shown)]],
+                                            shown, params.top_logprobs)
+                out[i] = Completion(text, min(lengths[i], self.options.max_input_tokens), len(kept),
+                                    "stop" if stopped else "length", probs)
         return [c for c in out if c is not None]
+
+    def chat_prompts(self) -> bool:
+        return self.uses_chat_template()
+
+    def first_token_logprobs(self, prompts: list[Messages], top_n: int) -> list[dict[str, float]]:
+        texts = [self.render(m) for m in prompts]
+        params = GenerationParams(max_new_tokens=1, temperature=0.0, top_logprobs=top_n)
+        done = self.complete(texts, params, special_tokens=not self.uses_chat_template())
+        return [merged_logprobs(c.logprobs[0][2]) if c.logprobs else {} for c in done]
+
+
+def merged_logprobs(pairs: list[tuple[str, float]]) -> dict[str, float]:
+    """``{token text: log-probability}``; two tokens with the same text (different ids) are one entry, their
+    probabilities added."""
+    import math
+
+    out: dict[str, float] = {}
+    for text, value in pairs:
+        value = float(value)
+        if text in out:
+            hi, lo = max(out[text], value), min(out[text], value)
+            out[text] = hi + math.log1p(math.exp(lo - hi))
+        else:
+            out[text] = value
+    return out
+
+
+def _token_logprobs(tokenizer, logits: list[Any], ids: list[int], top_n: int) -> list[tuple[str, float, list]]:
+    """Per generated position: the chosen token's text and log-probability, and the ``top_n`` most likely
+    ``(text, log-probability)``; log-softmax of the raw logits, in float32."""
+    import torch
+
+    out = []
+    for position, token in zip(logits, ids):
+        logp = torch.log_softmax(position.float(), dim=-1)
+        values, top = torch.topk(logp, top_n)
+        out.append((tokenizer.decode([token]), float(logp[token]),
+                    [(tokenizer.decode([int(t)]), float(v)) for v, t in zip(values.tolist(), top.tolist())]))
+    return out
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -367,6 +423,52 @@ class OpenAIClient(LLMClient):
             raise LLMError(f"{url}: the answer is not an OpenAI {self.options.api} completion ({exc!r}): "
                            f"{json.dumps(answer)[:300]}") from None
         return cut_at_stop(text, params.stop)
+
+    def chat_prompts(self) -> bool:
+        return self.options.api == "chat"
+
+    def first_token_logprobs(self, prompts: list[Messages], top_n: int) -> list[dict[str, float]]:
+        """The answer's first-token log-probabilities, asked for as OpenAI's API does: ``logprobs: true,
+        top_logprobs: N`` on chat, ``logprobs: N`` on completions (vLLM, llama.cpp's llama-server, ``transformers
+        serve``, ``retrdistill serve-llm``), greedy and one token long. A server whose answer carries no
+        log-probabilities is an :class:`LLMError` naming the endpoint."""
+        if not 1 <= top_n <= MAX_TOP_LOGPROBS:
+            raise ConfigError(f"top_n must be from 1 to {MAX_TOP_LOGPROBS}")
+        for m in prompts:
+            check_messages(m)
+        if len(prompts) <= 1 or self.options.concurrency == 1:
+            return [self._logprobs(m, top_n) for m in prompts]
+        with ThreadPoolExecutor(min(self.options.concurrency, len(prompts))) as pool:
+            return list(pool.map(lambda m: self._logprobs(m, top_n), prompts))
+
+    def _logprobs(self, messages: Messages, top_n: int) -> dict[str, float]:
+        body: dict[str, Any] = {"model": self.options.model, "max_tokens": 1, "temperature": 0.0,
+                                **self.options.extra_body}
+        if self.options.api == "chat":
+            url = f"{self.endpoint}/chat/completions"
+            body.update(messages=messages, logprobs=True, top_logprobs=top_n)
+        else:
+            url = f"{self.endpoint}/completions"
+            body.update(prompt=plain_text(messages), logprobs=top_n)
+        answer = self._post(url, body)
+        try:
+            choice = answer["choices"][0]
+            given = choice.get("logprobs")
+            if self.options.api == "chat":
+                first = (given or {}).get("content") or []
+                pairs = [(t["token"], t["logprob"]) for t in first[0]["top_logprobs"]] if first else []
+            else:
+                tops = (given or {}).get("top_logprobs") or []
+                pairs = list(tops[0].items()) if tops and tops[0] else []
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise LLMError(f"{url}: the answer's logprobs are not in OpenAI's {self.options.api} shape ({exc!r}): "
+                           f"{json.dumps(answer)[:300]}") from None
+        if not pairs:
+            raise LLMError(f"{url}: the answer carries no token log-probabilities; the judge needs a server that "
+                           f"returns them ({'logprobs: true, top_logprobs' if self.options.api == 'chat' else 'logprobs'}"
+                           f" on {self.options.api} requests; llama-server returns them by default, vLLM unless "
+                           f"started with --max-logprobs 0): {json.dumps(answer)[:200]}")
+        return merged_logprobs(pairs)
 
     def _post(self, url: str, body: dict[str, Any]) -> Any:
         headers = {"Content-Type": "application/json"}

@@ -4,8 +4,11 @@
 Endpoints (under ``/v1``): ``GET /models``, ``POST /chat/completions`` (messages through the model's chat
 template), ``POST /completions`` (a prompt string, or a list of them, as plain text), and ``GET /health`` (the
 model, and how many requests and model batches were served). Requests that arrive together with the same
-sampling parameters are generated in one batch of up to ``batch_size`` prompts. Not supported, and refused with
-HTTP 400: ``stream``, ``n`` > 1, logprobs, tools. A request naming another model than the served one is HTTP 404.
+sampling parameters are generated in one batch of up to ``batch_size`` prompts. Token log-probabilities come as
+OpenAI's API gives them: ``logprobs: true`` with ``top_logprobs: N`` (0-20) on chat (``choices[].logprobs.content``:
+per generated token its ``token``, ``logprob``, ``bytes`` and ``top_logprobs``), ``logprobs: N`` on completions
+(``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``); log-softmax of the model's raw logits.
+Not supported, and refused with HTTP 400: ``stream``, ``n`` > 1, tools. A request naming another model than the served one is HTTP 404.
 Without ``temperature`` a request samples at 1.0, as OpenAI's API does; without ``seed`` it samples with seed 13.
 Errors are answered in OpenAI's shape, ``{"error": {"message", "type", "code"}}``.
 
@@ -28,10 +31,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from retrdistill.errors import ConfigError
-from retrdistill.llm.client import Completion, GenerationParams, TransformersClient, check_messages
+from retrdistill.llm.client import (
+    MAX_TOP_LOGPROBS,
+    Completion,
+    GenerationParams,
+    TransformersClient,
+    check_messages,
+)
 
 log = logging.getLogger(__name__)
-UNSUPPORTED = ("stream", "logprobs", "tools", "functions", "response_format")
+UNSUPPORTED = ("stream", "tools", "functions", "response_format")
 MAX_BODY_BYTES = 8 << 20
 MAX_PROMPTS = 256
 
@@ -193,11 +202,18 @@ class LLMServer:
             check_messages(messages)
         except ConfigError as exc:
             raise RequestError(400, f"'messages': {exc}") from None
-        params = self._params(body)
+        wanted = body.get("logprobs")
+        if wanted not in (None, True, False):
+            raise RequestError(400, "'logprobs' must be true or false on chat completions")
+        top = _given(body, "top_logprobs", 0)
+        if not wanted and top:
+            raise RequestError(400, "'top_logprobs' needs 'logprobs': true")
+        params = self._params(body, top_logprobs=top, logprobs=bool(wanted))
         text = self.client.render(messages)
         (done,) = self._run([text], not self.client.uses_chat_template(), params)
         return self._answer("chatcmpl", "chat.completion", [done], lambda c: {
-            "message": {"role": "assistant", "content": c.text}})
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": _chat_logprobs(c, top) if wanted else None})
 
     def completions(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = body.get("prompt")
@@ -209,15 +225,21 @@ class LLMServer:
                                     f"{self.max_prompts} a request (send the rest in further requests)")
         if body.get("echo") or body.get("suffix"):
             raise RequestError(400, "'echo' and 'suffix' are not supported")
-        done = self._run(prompts, True, self._params(body, default_max_tokens=16))
-        return self._answer("cmpl", "text_completion", done, lambda c: {"text": c.text, "logprobs": None})
+        wanted = body.get("logprobs")
+        if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)):
+            raise RequestError(400, f"'logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS} on completions")
+        params = self._params(body, default_max_tokens=16, top_logprobs=wanted or 0, logprobs=wanted is not None)
+        done = self._run(prompts, True, params)
+        return self._answer("cmpl", "text_completion", done, lambda c: {
+            "text": c.text, "logprobs": _completion_logprobs(c, wanted or 0) if wanted is not None else None})
 
     def _run(self, texts: list[str], special_tokens: bool, params: GenerationParams) -> list[Completion]:
         with self._lock:
             self.requests += 1
         return self.worker.run(_Job(texts, special_tokens, params))
 
-    def _params(self, body: dict[str, Any], default_max_tokens: int = 256) -> GenerationParams:
+    def _params(self, body: dict[str, Any], default_max_tokens: int = 256, top_logprobs: Any = 0,
+                logprobs: bool = False) -> GenerationParams:
         model = body.get("model")
         if model is not None and model != self.name:
             raise RequestError(404, f"the model {model!r} does not exist; this server serves {self.name!r}",
@@ -235,9 +257,13 @@ class LLMServer:
                 raise ConfigError(f"max_tokens must be an integer up to {self.max_tokens_limit}")
             if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
                 raise ConfigError("'stop' must be a string or a list of up to 4 strings")
+            if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int):
+                raise ConfigError(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}")
+            # asked for log-probabilities with no alternatives: still computed (the chosen token's), top 1 kept
+            top = max(top_logprobs, 1) if logprobs else 0
             return GenerationParams(max_new_tokens=max_tokens, temperature=float(_given(body, "temperature", 1.0)),
                                     top_p=float(_given(body, "top_p", 1.0)), seed=int(_given(body, "seed", 13)),
-                                    stop=tuple(stop))
+                                    stop=tuple(stop), top_logprobs=top)
         except (ConfigError, TypeError, ValueError) as exc:
             raise RequestError(400, str(exc)) from None
 
@@ -248,6 +274,31 @@ class LLMServer:
                 "usage": {"prompt_tokens": sum(c.prompt_tokens for c in done),
                           "completion_tokens": sum(c.completion_tokens for c in done),
                           "total_tokens": sum(c.prompt_tokens + c.completion_tokens for c in done)}}
+
+
+def _chat_logprobs(done: Completion, top_n: int) -> dict[str, Any]:
+    """``choices[].logprobs`` of a chat completion in OpenAI's shape (``top_n`` alternatives a token)."""
+    def entry(text: str, value: float) -> dict[str, Any]:
+        return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(text, value), "top_logprobs": [entry(t, v) for t, v in top[:top_n]]}
+                        for text, value, top in (done.logprobs or [])]}
+
+
+def _completion_logprobs(done: Completion, top_n: int) -> dict[str, Any]:
+    """``choices[].logprobs`` of a (legacy) completion in OpenAI's shape (``top_n`` alternatives a token, as a
+    mapping: of two tokens with the same text the likelier is shown)."""
+    rows = done.logprobs or []
+    offsets, at, tops = [], 0, []
+    for text, _, top in rows:
+        offsets.append(at)
+        at += len(text)
+        shown: dict[str, float] = {}
+        for t, v in top[:top_n]:
+            shown.setdefault(t, v)
+        tops.append(shown)
+    return {"tokens": [t for t, _, _ in rows], "token_logprobs": [v for _, v, _ in rows], "top_logprobs": tops,
+            "text_offset": offsets}
 
 
 def _given(body: dict[str, Any], key: str, default: Any) -> Any:

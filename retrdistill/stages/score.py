@@ -115,7 +115,11 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
         if generated is not None:  # generated passages travel on with the scores, for training
             with atomic_path(tmp / EXTRA_PASSAGES) as part:
                 shutil.copyfile(generated, part)
-        return {"groups": groups, "pairs_scored": scored, "pairs_from_cache": reused}
+        counts = {"groups": groups, "pairs_scored": scored, "pairs_from_cache": reused}
+        own = {m: v for m, v in teacher.stats().items() if m != "pairs_scored"}
+        if own:
+            counts["teacher"] = own
+        return counts
 
     return Work("score", "scores", Path(out_dir), config, inputs, body, settings=config_dict(cfg))
 

@@ -15,6 +15,18 @@ for confident models (peaked scores: a listwise loss then needs a higher tempera
 an ensemble). Queries and passages are cut to ``max_query_tokens`` / ``max_passage_tokens`` before the prompt is
 filled, so the question after the passage is never cut.
 
+Judged over HTTP (``llm: openai`` with ``llm_options`` naming the server: any OpenAI-compatible one that returns
+token log-probabilities, e.g. vLLM, llama.cpp's llama-server, ``transformers serve``, ``retrdistill serve-llm``),
+the same prompt goes to the server as messages (its chat template applies there; a ``completions`` client gets
+them as plain text ending in ``Answer:``), greedy, one token, with the ``top_logprobs`` most likely first tokens.
+The score is the same log-odds, read from those: ``logsumexp`` of the log-probabilities of the returned tokens
+whose text is a yes word as it follows the prompt (the word itself after a chat template's assistant header, the
+word after a space following ``Answer:``), minus the same for the no words. A side with no token among the ``top_logprobs`` is taken at the smallest returned
+log-probability, an upper bound of its own; such pairs are counted (``answers_outside_top``) and logged. ``model``
+then names the tokenizer that cuts queries and passages to their token limits (the served model's, for the same
+cut as the local path); the fingerprint covers the client's (endpoint, served model name, API, extra body), the
+template, the answer words, the truncation, the tokenizer and ``top_logprobs``.
+
 A GGUF checkpoint (a folder holding one ``.gguf`` file: ``offline:qwen2.5-coder-1.5b-instruct``,
 ``offline:smollm2-135m-instruct``) loads through ``gguf_file=``, dequantised (needs ``gguf``: extra ``[llm]``).
 The fingerprint covers the model by content, the template's digest, the score mode, the answer words, the
@@ -32,7 +44,7 @@ import numpy as np
 import torch
 from sentence_transformers.cross_encoder.modules import LogitScore
 
-from retrdistill import progress
+from retrdistill import progress, registry
 from retrdistill.data.beir import Corpus
 from retrdistill.errors import ConfigError
 from retrdistill.models import gguf_file, model_fingerprint, resolve_model
@@ -81,8 +93,17 @@ class LLMTeacher(PairTeacher):
         batch_size: int = field(default=8, metadata={"min": 1})
         device: str | None = None
         rerank_depth: int = field(default=100, metadata={"min": 1})
+        llm: str | None = None  # a registered LLM client that judges (``openai``: over HTTP); None: ``model`` here
+        llm_options: dict[str, Any] = field(default_factory=dict, metadata={"part": {"kind": "llm", "name": "llm"}})
+        top_logprobs: int = field(default=20, metadata={"min": 1, "max": 20})
 
         def __post_init__(self) -> None:
+            if self.llm is None and self.llm_options:
+                raise ValueError("llm_options given without llm (the registered client they configure)")
+            if self.llm is not None:
+                from retrdistill import registry
+
+                registry.entry("llm", self.llm)  # an unknown client name lists the registered ones
             if self.score not in SCORES:
                 raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
             if self.dtype not in DTYPES:
@@ -99,10 +120,19 @@ class LLMTeacher(PairTeacher):
                 raise ValueError("max_query_tokens, max_passage_tokens and batch_size must be positive")
 
     output_neutral: ClassVar[tuple[str, ...]] = ("batch_size", "device", "rerank_depth")
+    # options that only the local path reads (the server has its own weights, precision and chat template)
+    LOCAL_ONLY: ClassVar[tuple[str, ...]] = ("dtype", "chat_template")
+    # options that only the HTTP path reads
+    REMOTE_ONLY: ClassVar[tuple[str, ...]] = ("top_logprobs",)
     example_options: ClassVar[dict[str, Any]] = {"model": "offline:smollm2-135m-instruct"}
     example_variants: ClassVar[dict[str, Any]] = {"template": "relevance-brief", "score": "p-yes",
                                                   "yes_words": ["yes"], "no_words": ["no"], "dtype": "bfloat16",
-                                                  "device": "cpu"}
+                                                  "device": "cpu", "llm": "transformers",
+                                                  "llm_options": {"model": "offline:smollm2-135m-instruct"},
+                                                  "top_logprobs": 10}
+    # the client's options and the number of top tokens are read only where a client judges
+    variant_companions: ClassVar[dict[str, dict[str, Any]]] = {"llm_options": {"llm": "transformers"},
+                                                               "top_logprobs": {"llm": "transformers"}}
     corpus: Corpus
     cache_dir: Path
 
@@ -117,12 +147,28 @@ class LLMTeacher(PairTeacher):
                               f"{{query}} and {{passage}}")
         self._model = None
         self._chat = False
+        self._tokenizer = None
+        self.client = None if self.options.llm is None else registry.build("llm", self.options.llm,
+                                                                          self.options.llm_options)
         self.pairs_scored = 0
+        self.answers_outside_top = 0
 
     def fingerprint(self) -> dict:
-        opts = {k: v for k, v in self.output_options().items() if k not in ("model", "template")}
-        return {"teacher": "llm", "model": model_fingerprint(self.options.model), "template": self.template.digest,
-                "options": opts, "corpus": self.corpus.fingerprint}
+        skip = {"model", "template", "llm", "llm_options"}
+        skip.update(self.LOCAL_ONLY if self.client is not None else self.REMOTE_ONLY)
+        opts = {k: v for k, v in self.output_options().items() if k not in skip}
+        out = {"teacher": "llm", "model": model_fingerprint(self.options.model), "template": self.template.digest,
+               "options": opts, "corpus": self.corpus.fingerprint}
+        if self.client is not None:  # the server judges; ``model`` is the tokenizer that cuts the texts
+            out["llm"] = self.client.fingerprint()
+            out["tokenizer"] = out.pop("model")
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"pairs_scored": self.pairs_scored}
+        if self.client is not None:
+            out["answers_outside_top"] = self.answers_outside_top
+        return out
 
     # ------------------------------------------------------------ the model
     @property
@@ -134,7 +180,19 @@ class LLMTeacher(PairTeacher):
 
     @property
     def tokenizer(self):
-        return self.model[0].tokenizer
+        if self.client is None:
+            return self.model[0].tokenizer
+        if self._tokenizer is None:  # the HTTP path: only the tokenizer, to cut texts as the local path does
+            from transformers import AutoTokenizer
+
+            path = resolve_model(self.options.model)
+            gguf = gguf_file(path)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+            except (OSError, ValueError, ImportError) as exc:
+                raise ConfigError(f"teacher 'llm': the tokenizer of {self.options.model!r} (which cuts queries and "
+                                  f"passages before they go to the server) could not be loaded: {exc}") from exc
+        return self._tokenizer
 
     def _load(self):
         from sentence_transformers import CrossEncoder
@@ -226,6 +284,8 @@ class LLMTeacher(PairTeacher):
         """One score per (query, passage) pair, in order (float32)."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
+        if self.client is not None:
+            return self._score_remote(pairs)
         model = self.model
         texts = self.prompts(pairs)
         special = not self._chat  # a chat template writes its own special tokens
@@ -252,6 +312,58 @@ class LLMTeacher(PairTeacher):
             out = 1.0 / (1.0 + np.exp(-out))
         return out.astype(np.float32)
 
+
+    def remote_messages(self, pairs: list[tuple[str, str]]) -> list[list[dict[str, str]]]:
+        """The messages sent to the server for each pair, each text cut to its token limit first; a client
+        that sends plain text (not through a chat template) gets the plain-text answer cue at the end."""
+        o = self.options
+        queries = self._cut([q for q, _ in pairs], o.max_query_tokens)
+        passages = self._cut([p for _, p in pairs], o.max_passage_tokens)
+        cue = "" if self.client.chat_prompts() else PLAIN_ANSWER_CUE
+        out = []
+        for q, p in zip(queries, passages):
+            messages = [dict(m) for m in self.template.render(query=q, passage=p)]
+            messages[-1]["content"] += cue
+            out.append(messages)
+        return out
+
+    def _score_remote(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """Log-odds read from the server's first-token log-probabilities, a client batch at a time."""
+        messages = self.remote_messages(pairs)
+        out = np.zeros(len(pairs), dtype=np.float64)
+        step = max(1, self.client.batch_size())
+        bar = progress.bar(len(pairs), "llm judge (http)", "pair")
+        try:
+            for start in range(0, len(pairs), step):
+                answers = self.client.first_token_logprobs(messages[start:start + step], self.options.top_logprobs)
+                for i, top in enumerate(answers, start):
+                    out[i] = self.log_odds(top)
+                bar.update(len(answers))
+        finally:
+            bar.close()
+        self.pairs_scored += len(pairs)
+        if self.options.score == "p-yes":
+            out = 1.0 / (1.0 + np.exp(-out))
+        return out.astype(np.float32)
+
+    def log_odds(self, top: dict[str, float]) -> float:
+        """``logsumexp(yes tokens) - logsumexp(no tokens)`` from one answer's ``{token text: log-probability}``;
+        a side with no token there is taken at the smallest returned log-probability (counted)."""
+        lead = "" if self.client.chat_prompts() else " "  # as each word follows the prompt (see _answer_ids)
+
+        def side(words: list[str]) -> float | None:
+            found = [v for t, v in top.items() if t in {lead + w for w in words}]
+            return float(np.logaddexp.reduce(found)) if found else None
+
+        floor = min(top.values())
+        yes, no = side(self.options.yes_words), side(self.options.no_words)
+        if yes is None or no is None:
+            self.answers_outside_top += 1
+            if self.answers_outside_top in (1, 10, 100, 1000):
+                log.warning("teacher llm: %d answer(s) so far without a %s word among the top %d tokens; taken "
+                            "at the smallest returned log-probability", self.answers_outside_top,
+                            "yes" if yes is None else "no", self.options.top_logprobs)
+        return (floor if yes is None else yes) - (floor if no is None else no)
 
     def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
         """BM25's top ``rerank_depth`` (or ``first_stage``'s) re-ranked by the judge."""

@@ -173,6 +173,10 @@ class Teacher(Part):
     def retrieve(self, queries: dict[str, str], k: int, **kwargs: Any) -> Run:
         """The teacher as a retriever (bi-encoders search, cross-encoders re-rank a first stage)."""
 
+    # True where a pair's score depends on the whole group (a listwise ranking): the score cache then re-scores a
+    # group whole whenever any of its pairs is missing, never a part of it alone
+    scores_whole_groups: ClassVar[bool] = False
+
     def stats(self) -> dict[str, Any]:
         """Counts of the work done so far that the score step records in its manifest (``counts.teacher``), e.g.
         an LLM judge's answers outside its top tokens. Empty here."""

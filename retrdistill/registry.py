@@ -86,6 +86,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
          "per-query min-max normalised weighted sum of other teachers and BM25"),
         ("llm", "retrdistill.teachers.llm:LLMTeacher",
          "a causal LM judges each pair: next-token logit of yes against no (or P(yes)) after a prompt template"),
+        ("llm-listwise", "retrdistill.teachers.listwise:ListwiseLLMTeacher",
+         "an LLM ranks each group in sliding windows (RankGPT-style permutations), ranks turned into scores"),
         ("ensemble", "retrdistill.teachers.ensemble:EnsembleTeacher",
          "registered teachers, each cached on its own, combined per query after min-max, z-score or rank"),
         ("bm25", "retrdistill.teachers.bm25:BM25Teacher", "BM25 (bm25s) scores of each pair, e.g. an ensemble member"),

@@ -193,3 +193,46 @@ def test_score_step_over_http_survives_a_killed_server_and_a_rerun_asks_nothing(
     assert again.manifest.counts["pairs_from_cache"] == pairs and again.manifest.counts["pairs_scored"] == 0
     assert served.health()["requests"] == requests  # the re-run asked the server nothing
     assert (tmp_path / "s" / "scores.jsonl").read_text() == (tmp_path / "s2" / "scores.jsonl").read_text()
+
+
+def _llama_server() -> str | None:
+    import os
+    import shutil
+
+    return os.environ.get("RETRDISTILL_LLAMA_SERVER") or shutil.which("llama-server")
+
+
+@pytest.mark.skipif(_llama_server() is None, reason="no llama-server built here (docs/llm.md shows the build; "
+                                                     "RETRDISTILL_LLAMA_SERVER=path or llama-server on PATH)")
+def test_llama_server_judges_as_the_local_judge_up_to_its_quantisation(corpus, pairs, tmp_path):
+    """llama.cpp's server runs the GGUF as it is (quantised) while the local judge dequantises it: the log-odds
+    agree in order, not to the decimal."""
+    import subprocess
+
+    from retrdistill.models import gguf_file, resolve_model
+
+    folder = resolve_model(SMOL)
+    port = _free_port()
+    log = tmp_path / "llama-server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([_llama_server(), "-m", str(Path(folder) / gguf_file(folder)), "--port", str(port),
+                                 "-t", "1", "-np", "2", "-c", "4096", "--no-repack"], stdout=fh,
+                                stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.5)
+        local = registry.build("teacher", "llm", {"model": SMOL, "batch_size": 4}, corpus=corpus, cache_dir=tmp_path)
+        http = _http_judge(corpus, tmp_path, url)
+        expected, got = local.score_pairs(pairs), http.score_pairs(pairs)
+        assert np.isfinite(got).all() and np.corrcoef(expected, got)[0, 1] >= 0.7, (expected, got)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

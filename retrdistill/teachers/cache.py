@@ -61,11 +61,14 @@ class ScoreCache:
 def score_through_cache(teacher, cache: ScoreCache, queries: dict[str, str],
                         groups: dict[str, list[str]]) -> tuple[dict[str, dict[str, float]], int]:
     """Every (query, doc) score of ``groups`` (query id -> doc ids), from ``cache`` where it holds them and from
-    ``teacher.score_groups`` otherwise (then stored, one transaction). Returns the scores per query and how many
+    ``teacher.score_groups`` otherwise (then stored, one transaction; a teacher whose scores depend on the whole
+    group re-scores every group with a missing pair whole). Returns the scores per query and how many
     pairs the teacher scored."""
     known = {q: cache.get(q, queries[q], docs) for q, docs in groups.items()}
     missing = {q: [d for d in dict.fromkeys(docs) if d not in known[q]] for q, docs in groups.items()}
     missing = {q: docs for q, docs in missing.items() if docs}
+    if teacher.scores_whole_groups:  # a listwise score means something only within its whole group
+        missing = {q: list(dict.fromkeys(groups[q])) for q in missing}
     if not missing:
         return known, 0
     fresh = teacher.score_groups({q: queries[q] for q in missing}, missing)

@@ -271,7 +271,11 @@ def compile_model(model: Any, backend: str, *, cache_dir: str | Path | None = No
     target = folder / key
     raw = target / "model.onnx"
     if not raw.is_file():
-        _export(hf, inputs, output, tok, target)
+        try:
+            _export(hf, inputs, output, tok, target)
+        except Exception as exc:  # noqa: BLE001 - torch's exporter fails in many ways; one clear error for all
+            raise ConfigError(f"backend {backend!r}: {type(hf).__name__} could not be exported to ONNX "
+                              f"({type(exc).__name__}: {exc}); encode it with backend 'torch'") from exc
     probes = _probe_batches(tok, pairs=output == "logits")
     with torch.inference_mode():
         expected = [hf(**{k: v for k, v in b.items() if k in inputs}, return_dict=True)[output].float().numpy()

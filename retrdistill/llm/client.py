@@ -395,12 +395,16 @@ class OpenAIClient(LLMClient):
         return 2 * self.options.concurrency
 
     def generate(self, prompts: list[Messages], params: GenerationParams) -> list[str]:
+        return self._each(prompts, lambda m: self._one(m, params))
+
+    def _each(self, prompts: list[Messages], ask) -> list[Any]:
+        """``ask(prompt)`` for every prompt (checked first), ``concurrency`` requests at a time, in order."""
         for m in prompts:
             check_messages(m)
         if len(prompts) <= 1 or self.options.concurrency == 1:
-            return [self._one(m, params) for m in prompts]
+            return [ask(m) for m in prompts]
         with ThreadPoolExecutor(min(self.options.concurrency, len(prompts))) as pool:
-            return list(pool.map(lambda m: self._one(m, params), prompts))
+            return list(pool.map(ask, prompts))
 
     def _one(self, messages: Messages, params: GenerationParams) -> str:
         body: dict[str, Any] = {"model": self.options.model, "max_tokens": params.max_new_tokens,
@@ -434,12 +438,7 @@ class OpenAIClient(LLMClient):
         log-probabilities is an :class:`LLMError` naming the endpoint."""
         if not 1 <= top_n <= MAX_TOP_LOGPROBS:
             raise ConfigError(f"top_n must be from 1 to {MAX_TOP_LOGPROBS}")
-        for m in prompts:
-            check_messages(m)
-        if len(prompts) <= 1 or self.options.concurrency == 1:
-            return [self._logprobs(m, top_n) for m in prompts]
-        with ThreadPoolExecutor(min(self.options.concurrency, len(prompts))) as pool:
-            return list(pool.map(lambda m: self._logprobs(m, top_n), prompts))
+        return self._each(prompts, lambda m: self._logprobs(m, top_n))
 
     def _logprobs(self, messages: Messages, top_n: int) -> dict[str, float]:
         body: dict[str, Any] = {"model": self.options.model, "max_tokens": 1, "temperature": 0.0,
@@ -464,10 +463,10 @@ class OpenAIClient(LLMClient):
             raise LLMError(f"{url}: the answer's logprobs are not in OpenAI's {self.options.api} shape ({exc!r}): "
                            f"{json.dumps(answer)[:300]}") from None
         if not pairs:
+            asked = "'logprobs': true and 'top_logprobs'" if self.options.api == "chat" else "'logprobs'"
             raise LLMError(f"{url}: the answer carries no token log-probabilities; the judge needs a server that "
-                           f"returns them ({'logprobs: true, top_logprobs' if self.options.api == 'chat' else 'logprobs'}"
-                           f" on {self.options.api} requests; llama-server returns them by default, vLLM unless "
-                           f"started with --max-logprobs 0): {json.dumps(answer)[:200]}")
+                           f"returns them when a {self.options.api} request sets {asked}: "
+                           f"{json.dumps(answer)[:200]}")
         return merged_logprobs(pairs)
 
     def _post(self, url: str, body: dict[str, Any]) -> Any:

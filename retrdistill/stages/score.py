@@ -116,9 +116,9 @@ def prepare_score(cfg: ScoreConfig, collection_dir: str | Path, candidates_dir: 
             with atomic_path(tmp / EXTRA_PASSAGES) as part:
                 shutil.copyfile(generated, part)
         counts = {"groups": groups, "pairs_scored": scored, "pairs_from_cache": reused}
-        own = {m: v for m, v in teacher.stats().items() if m != "pairs_scored"}
-        if own:
-            counts["teacher"] = own
+        stats = teacher.stats()
+        if stats:
+            counts["teacher"] = stats
         return counts
 
     return Work("score", "scores", Path(out_dir), config, inputs, body, settings=config_dict(cfg))

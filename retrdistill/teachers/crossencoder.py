@@ -15,6 +15,7 @@ from retrdistill.data.beir import Corpus
 from retrdistill.encoding.engine import score_pairs as score_with_model
 from retrdistill.models import load_cross_encoder, model_fingerprint
 from retrdistill.parts import PairTeacher, Run
+from retrdistill.teachers.first_stage import rerank_first_stage
 
 
 class CrossEncoderTeacher(PairTeacher):
@@ -71,12 +72,5 @@ class CrossEncoderTeacher(PairTeacher):
         return score_with_model(self.model, pairs, batch_size=self.options.batch_size)
 
     def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
-        if first_stage is None:
-            from retrdistill.miners.bm25 import BM25Miner
-
-            bm25 = BM25Miner(corpus=self.corpus, cache_dir=self.cache_dir)
-            hits = bm25.search(queries, self.options.rerank_depth)
-            first_stage = {q: dict(h) for q, h in hits.items()}
-        groups = {q: sorted(d, key=lambda x: -d[x])[: self.options.rerank_depth] for q, d in first_stage.items() if d}
-        scores = self.score_groups(queries, groups)
-        return {q: {d: float(s) for d, s in zip(groups[q], scores[q])} for q in groups}
+        """BM25's top ``rerank_depth`` (or ``first_stage``'s) re-ranked by the cross-encoder."""
+        return rerank_first_stage(self, queries, self.options.rerank_depth, first_stage)

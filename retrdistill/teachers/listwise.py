@@ -33,6 +33,7 @@ import numpy as np
 from retrdistill import registry
 from retrdistill.data.beir import Corpus
 from retrdistill.parts import Run, Teacher
+from retrdistill.teachers.first_stage import rerank_first_stage
 
 log = logging.getLogger(__name__)
 SCORES = ("reciprocal-rank", "negative-rank")
@@ -180,11 +181,4 @@ class ListwiseLLMTeacher(Teacher):
 
     def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
         """BM25's top ``rerank_depth`` (or ``first_stage``'s) re-ranked by the listwise ranking."""
-        if first_stage is None:
-            from retrdistill.miners.bm25 import BM25Miner
-
-            bm25 = BM25Miner(corpus=self.corpus, cache_dir=self.cache_dir)
-            first_stage = {q: dict(h) for q, h in bm25.search(queries, self.options.rerank_depth).items()}
-        groups = {q: sorted(d, key=lambda x: -d[x])[: self.options.rerank_depth] for q, d in first_stage.items() if d}
-        scores = self.score_groups(queries, groups)
-        return {q: {d: float(s) for d, s in zip(groups[q], scores[q])} for q in groups}
+        return rerank_first_stage(self, queries, self.options.rerank_depth, first_stage)

@@ -49,6 +49,7 @@ from retrdistill.data.beir import Corpus
 from retrdistill.errors import ConfigError
 from retrdistill.models import gguf_file, model_fingerprint, resolve_model
 from retrdistill.parts import PairTeacher, Run
+from retrdistill.teachers.first_stage import rerank_first_stage
 
 log = logging.getLogger(__name__)
 SCORES = ("logit-diff", "p-yes")
@@ -101,8 +102,6 @@ class LLMTeacher(PairTeacher):
             if self.llm is None and self.llm_options:
                 raise ValueError("llm_options given without llm (the registered client they configure)")
             if self.llm is not None:
-                from retrdistill import registry
-
                 registry.entry("llm", self.llm)  # an unknown client name lists the registered ones
             if self.score not in SCORES:
                 raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
@@ -165,10 +164,7 @@ class LLMTeacher(PairTeacher):
         return out
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"pairs_scored": self.pairs_scored}
-        if self.client is not None:
-            out["answers_outside_top"] = self.answers_outside_top
-        return out
+        return {} if self.client is None else {"answers_outside_top": self.answers_outside_top}
 
     # ------------------------------------------------------------ the model
     @property
@@ -307,11 +303,14 @@ class LLMTeacher(PairTeacher):
                 out[idx] = scores
                 bar.update(len(idx))
         bar.close()
-        self.pairs_scored += len(texts)
-        if self.options.score == "p-yes":
-            out = 1.0 / (1.0 + np.exp(-out))
-        return out.astype(np.float32)
+        return self._as_scores(out)
 
+    def _as_scores(self, log_odds: np.ndarray) -> np.ndarray:
+        """The pairs' scores from their log-odds (``p-yes``: the sigmoid), float32; counts the pairs."""
+        self.pairs_scored += len(log_odds)
+        if self.options.score == "p-yes":
+            log_odds = 1.0 / (1.0 + np.exp(-log_odds))
+        return log_odds.astype(np.float32)
 
     def remote_messages(self, pairs: list[tuple[str, str]]) -> list[list[dict[str, str]]]:
         """The messages sent to the server for each pair, each text cut to its token limit first; a client
@@ -341,10 +340,7 @@ class LLMTeacher(PairTeacher):
                 bar.update(len(answers))
         finally:
             bar.close()
-        self.pairs_scored += len(pairs)
-        if self.options.score == "p-yes":
-            out = 1.0 / (1.0 + np.exp(-out))
-        return out.astype(np.float32)
+        return self._as_scores(out)
 
     def log_odds(self, top: dict[str, float]) -> float:
         """``logsumexp(yes tokens) - logsumexp(no tokens)`` from one answer's ``{token text: log-probability}``;
@@ -352,7 +348,8 @@ class LLMTeacher(PairTeacher):
         lead = "" if self.client.chat_prompts() else " "  # as each word follows the prompt (see _answer_ids)
 
         def side(words: list[str]) -> float | None:
-            found = [v for t, v in top.items() if t in {lead + w for w in words}]
+            tokens = {lead + w for w in words}
+            found = [v for t, v in top.items() if t in tokens]
             return float(np.logaddexp.reduce(found)) if found else None
 
         floor = min(top.values())
@@ -367,11 +364,4 @@ class LLMTeacher(PairTeacher):
 
     def retrieve(self, queries: dict[str, str], k: int, *, first_stage: Run | None = None, **_: object) -> Run:
         """BM25's top ``rerank_depth`` (or ``first_stage``'s) re-ranked by the judge."""
-        if first_stage is None:
-            from retrdistill.miners.bm25 import BM25Miner
-
-            bm25 = BM25Miner(corpus=self.corpus, cache_dir=self.cache_dir)
-            first_stage = {q: dict(h) for q, h in bm25.search(queries, self.options.rerank_depth).items()}
-        groups = {q: sorted(d, key=lambda x: -d[x])[: self.options.rerank_depth] for q, d in first_stage.items() if d}
-        scores = self.score_groups(queries, groups)
-        return {q: {d: float(s) for d, s in zip(groups[q], scores[q])} for q in groups}
+        return rerank_first_stage(self, queries, self.options.rerank_depth, first_stage)

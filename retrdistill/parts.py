@@ -182,6 +182,11 @@ class Teacher(Part):
         an LLM judge's answers outside its top tokens. Empty here."""
         return {}
 
+    def resolved(self) -> "Teacher":
+        """The teacher that does the work when this one stands for another (the ``chosen`` teacher: its pick);
+        itself here. Whoever needs a bi-encoder's embeddings (embedding and in-batch distillation) asks this."""
+        return self
+
     def members(self) -> list["Teacher"]:
         """The teachers whose scores this one combines per query (an ensemble). Whoever scores through the score
         cache (:class:`retrdistill.teachers.cache.CachedScorer`) then caches each member under its own
@@ -432,6 +437,11 @@ class ValidationMetric(Part):
 
     def search_depth(self) -> int:
         """How many passages of the whole corpus it needs ranked per query (0: only the group's candidates)."""
+        return 0
+
+    def teacher_depth(self) -> int:
+        """How many passages of the teacher's own ranking of the whole corpus it reads per query (0: none). The
+        train stage then asks the scoring teacher to retrieve that deep for the held-out queries, once."""
         return 0
 
     @abstractmethod

@@ -178,6 +178,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
          "rank of the query's pseudo-positive in the student's search of the whole corpus (MRR@k, Recall@k)"),
         ("teacher-agreement", "retrdistill.validation.metrics:TeacherAgreement",
          "the student's ranking of each held-out group against the teacher's scores (nDCG@k, rank correlation)"),
+        ("teacher-retrieval", "retrdistill.validation.metrics:TeacherRetrieval",
+         "share of the teacher's own top k of the whole corpus in the student's top k (teacher-overlap@k)"),
     ]),
 }
 

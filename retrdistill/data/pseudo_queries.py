@@ -19,6 +19,7 @@ from retrdistill.parts import QuerySource
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"\S+")
+SPANS = ("words", "sentence")
 
 
 @dataclass
@@ -31,8 +32,10 @@ class InverseClozeGenerator(QuerySource):
     """Inverse cloze pseudo-queries: a span of one sentence of a passage is the query, the passage its positive.
 
     Deterministic for a given seed and corpus. Passages are sampled uniformly without replacement; within a
-    passage a sentence with at least ``min_words`` words is chosen, then a window of ``min_words`` to
-    ``max_words`` words of it (real queries are short; whole sentences are not).
+    passage a sentence with at least ``min_words`` words is chosen, then (``span: words``, the default) a window
+    of ``min_words`` to ``max_words`` words of it, like a short keyword query; or (``span: sentence``) one whole
+    sentence of ``min_words`` to ``max_words`` words, like a claim or a question's statement (collections whose
+    queries are sentences, e.g. scientific claims). A passage with no fitting sentence gives no query.
     """
 
     @dataclass
@@ -41,17 +44,23 @@ class InverseClozeGenerator(QuerySource):
         min_words: int = field(default=4, metadata={"min": 1})
         max_words: int = field(default=12, metadata={"min": 1})
         seed: int = 13
+        span: str = "words"  # or "sentence"
 
         def __post_init__(self) -> None:
             if self.num_queries < 1:
                 raise ValueError("num_queries must be at least 1")
             if not 1 <= self.min_words <= self.max_words:
                 raise ValueError("need 1 <= min_words <= max_words")
+            if self.span not in SPANS:
+                raise ValueError(f"span must be one of {', '.join(SPANS)}, got {self.span!r}")
 
     deterministic = True  # a shard generates everything (cheap) and keeps its slice
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"source": "inverse-cloze", "options": asdict(self.options)}
+        options = asdict(self.options)
+        if options["span"] == "words":  # the original behaviour keeps its key
+            del options["span"]
+        return {"source": "inverse-cloze", "options": options}
 
     def generate(self, collection: Collection) -> TrainingQueries:
         opts = self.options
@@ -81,6 +90,9 @@ class InverseClozeGenerator(QuerySource):
     def _span(self, text: str, rng: random.Random) -> str | None:
         opts = self.options
         sentences = [s for s in _SENTENCE_END.split(text.strip()) if len(_WORD.findall(s)) >= opts.min_words]
+        if opts.span == "sentence":
+            sentences = [s for s in sentences if len(_WORD.findall(s)) <= opts.max_words]
+            return " ".join(_WORD.findall(rng.choice(sentences))).strip(" .,;:!?") if sentences else None
         if not sentences:
             return None
         words = _WORD.findall(rng.choice(sentences))

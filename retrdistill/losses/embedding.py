@@ -8,7 +8,8 @@ candidates (Margin-MSE or listwise KL on the teacher's scores, optionally in-bat
 Labels. The training rows are ``query, positive, negative_1 .. negative_n``; each row's ``label`` is the score
 loss's label (``k`` numbers: ``n`` margins for Margin-MSE, ``n + 1`` scores for listwise KL) followed, when the
 embedding part is on, by ``n + 2`` row numbers into the teacher tables: the query's row in the query table, then
-each passage's row in the passage table. The tables live on the loss (buffers, never trained or saved), so the
+each passage's row in the passage table. In-batch distillation (weight ``in_batch_distill``) reads the same
+tables: the teacher prices every query of a batch against every passage of the batch. The tables live on the loss (buffers, never trained or saved), so the
 dataset stays small whatever the teacher's width. Row numbers travel as float32 labels, exact below 2**24 rows.
 
 The train stage reaches this module only through its objective builder,
@@ -87,7 +88,7 @@ def teacher_for_embeddings(scores_manifest_config: dict[str, Any], options: Embe
     teacher_options = options.teacher_options if options.teacher else scores_manifest_config.get("options", {})
     if not name:
         raise ConfigError("embedding distillation: the scores manifest names no teacher; set embedding_options.teacher")
-    teacher = registry.build("teacher", name, teacher_options, corpus=corpus, cache_dir=Path(cache_dir))
+    teacher = registry.build("teacher", name, teacher_options, corpus=corpus, cache_dir=Path(cache_dir)).resolved()
     if not (hasattr(teacher, "encode_queries") and hasattr(teacher, "corpus_embeddings")):
         raise ConfigError(
             f"embedding distillation needs a bi-encoder teacher (embeddings to imitate); the scores come from "
@@ -114,7 +115,7 @@ def build_teacher_tables(teacher, queries: list[str], docids: list[str], corpus,
         from retrdistill.encoding.corpus import should_normalize
         from retrdistill.encoding.engine import encode_texts
 
-        log.info("embedding distillation: encoding %d training passages with the teacher", len(doc_list))
+        log.info("teacher tables: encoding %d training passages with the teacher", len(doc_list))
         p_emb = encode_texts(teacher.model, corpus.texts_at(rows.tolist()), batch_size=teacher.options.batch_size,
                              normalize=should_normalize(teacher.model))
     if p_emb.shape[1] != q_emb.shape[1]:
@@ -138,7 +139,7 @@ def _cached_query_embeddings(teacher, texts: list[str], cache_dir: Path) -> np.n
     path = cache_dir / "query-embeddings" / f"{key[:24]}.npy"
     if path.is_file():
         return np.load(path)
-    log.info("embedding distillation: encoding %d training queries with the teacher", len(texts))
+    log.info("teacher tables: encoding %d training queries with the teacher", len(texts))
     emb = np.asarray(teacher.encode_queries(texts), dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -153,17 +154,19 @@ def index_label(tables: TeacherTables, query: str, docids: list[str]) -> list[fl
 
 
 class DistillationObjective(nn.Module):
-    """Weighted score-distillation parts plus an optional embedding part, over one shared forward pass.
+    """Weighted score-distillation parts plus optional embedding and in-batch distillation parts, over one shared
+    forward pass.
 
     ``score_parts``: ``(weight, loss)`` pairs of sentence-transformers losses with ``compute_loss_from_embeddings``
     (e.g. ``MarginMSELoss``, ``DistillKLDivLoss``, ``MultipleNegativesRankingLoss``); each receives the first
-    ``score_label_width`` label columns. ``embedding_weight`` > 0 needs ``tables``; the embedding part reads the
-    remaining label columns (see the module docstring). Under ``MatryoshkaLoss`` the embedding part applies at
+    ``score_label_width`` label columns. ``embedding_weight`` > 0 or ``in_batch_weight`` > 0 needs ``tables``;
+    those parts read the remaining label columns (see the module docstring). Under ``MatryoshkaLoss`` the embedding part applies at
     the student's full width only (a projection is defined for one width), the score parts at every width.
     """
 
     def __init__(self, model, score_parts: list[tuple[float, nn.Module]], score_label_width: int, *,
-                 embedding_weight: float = 0.0, tables: TeacherTables | None = None, distance: str = "mse") -> None:
+                 embedding_weight: float = 0.0, tables: TeacherTables | None = None, distance: str = "mse",
+                 in_batch_weight: float = 0.0, in_batch_temperature: float = 0.05) -> None:
         super().__init__()
         from sentence_transformers.sentence_transformer.losses import EmbedDistillLoss
 
@@ -172,15 +175,18 @@ class DistillationObjective(nn.Module):
         self.score_parts = nn.ModuleList([loss for _, loss in score_parts])
         self.score_label_width = score_label_width
         self.embedding_weight = embedding_weight
+        self.in_batch_weight = in_batch_weight
+        self.in_batch_temperature = in_batch_temperature
         self.student_dim = model.get_embedding_dimension()
         self.embedding = None
-        if embedding_weight > 0:
-            if tables is None:
-                raise ValueError("an embedding part needs the teacher tables")
-            projection = tables.dim if tables.dim != self.student_dim else None
-            self.embedding = EmbedDistillLoss(model, distance_metric=distance, projection_dim=projection)
+        if (embedding_weight > 0 or in_batch_weight > 0) and tables is None:
+            raise ValueError("embedding distillation and in-batch distillation need the teacher tables")
+        if tables is not None:
             self.register_buffer("teacher_queries", torch.from_numpy(tables.queries), persistent=False)
             self.register_buffer("teacher_passages", torch.from_numpy(tables.passages), persistent=False)
+        if embedding_weight > 0:
+            projection = tables.dim if tables.dim != self.student_dim else None
+            self.embedding = EmbedDistillLoss(model, distance_metric=distance, projection_dim=projection)
         self.last_parts: dict[str, float] = {}
 
     @torch.no_grad()
@@ -223,17 +229,43 @@ class DistillationObjective(nn.Module):
                 value = part.compute_loss_from_embeddings(embeddings, score_labels)
                 self.last_parts[type(part).__name__ + suffix] = float(value.detach())
                 total = total + weight * value
-        if self.embedding is not None and full:
+        if (self.embedding is not None or self.in_batch_weight > 0) and full:
             rows = labels[:, self.score_label_width:].round().long().cpu()
             if rows.shape[1] != len(embeddings):
                 raise ValueError(f"expected {len(embeddings)} teacher rows per label, got {rows.shape[1]}")
-            targets = [self.teacher_queries[rows[:, 0]]] + [self.teacher_passages[rows[:, j]] for j in range(1, rows.shape[1])]
-            value = self.embedding.compute_loss_from_embeddings(embeddings, targets)
-            self.last_parts["embedding"] = float(value.detach())
-            total = total + self.embedding_weight * value
+            if self.embedding is not None:
+                targets = [self.teacher_queries[rows[:, 0]]] + [self.teacher_passages[rows[:, j]]
+                                                                for j in range(1, rows.shape[1])]
+                value = self.embedding.compute_loss_from_embeddings(embeddings, targets)
+                self.last_parts["embedding"] = float(value.detach())
+                total = total + self.embedding_weight * value
+            if self.in_batch_weight > 0:
+                value = self.in_batch_kl(embeddings, rows)
+                self.last_parts["in_batch_distill"] = float(value.detach())
+                total = total + self.in_batch_weight * value
         return total
+
+    def in_batch_kl(self, embeddings: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """In-batch distillation (as in TCT-ColBERT): each query of the batch against EVERY passage of the batch
+        (its own candidates and every other row's), KL(teacher softmax || student softmax) at
+        ``in_batch_temperature``, times its square (the convention of ``DistillKLDivLoss``), mean over queries.
+
+        Student scores: the student's own similarity function (cosine for normalised students); teacher scores:
+        inner products of the teacher's table rows (cosine for normalised teachers). The group losses only
+        order a query's mined candidates; this term also keeps the student's scores comparable ACROSS queries'
+        candidates, i.e. its ranking of the whole corpus, which the teacher's embeddings can price for free.
+        """
+        t = self.in_batch_temperature
+        passages = torch.cat(embeddings[1:], dim=0)  # column-major: every row's positive, then negative_1, ...
+        passage_rows = rows[:, 1:].T.reshape(-1)
+        student = self.model.similarity(embeddings[0], passages) / t
+        teacher = (self.teacher_queries[rows[:, 0]] @ self.teacher_passages[passage_rows].T).to(student) / t
+        kl = torch.nn.functional.kl_div(torch.log_softmax(student, dim=1), torch.softmax(teacher, dim=1),
+                                        reduction="batchmean")
+        return kl * t * t
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"score_parts": [[w, type(p).__name__] for w, p in zip(self.score_weights, self.score_parts)],
                 "embedding_weight": self.embedding_weight,
+                "in_batch_weight": self.in_batch_weight, "in_batch_temperature": self.in_batch_temperature,
                 "distance": self.embedding.distance_metric if self.embedding is not None else None}

@@ -10,6 +10,8 @@ The stage only wires parts; each piece is built by its own part (see :mod:`retrd
 * the **objective** (:class:`retrdistill.training.objective.DistillObjective` for bi-encoders): the score loss
   (weight ``loss_weight``), in-batch negatives (``in_batch_negatives``, 0: off), embedding distillation
   (``embedding_distill``, 0: off; teacher from the scores' manifest unless ``embedding_options`` names one),
+  in-batch distillation (``in_batch_distill``, 0: off; every query against every passage of the batch, priced
+  by that same teacher's embeddings, at ``in_batch_temperature``),
   Matryoshka widths (``matryoshka_dims``);
 * the **fit** (:func:`retrdistill.training.fit.fit`): the trainer run, silent, with its logged loss curve.
 
@@ -81,6 +83,10 @@ class TrainConfig:
     loss_weight: float = field(default=1.0, metadata={"min": 0})
     # weight of embedding-level distillation; 0 turns it off
     embedding_distill: float = field(default=0.0, metadata={"min": 0})
+    # weight of in-batch distillation (every query against every passage of the batch, priced by the embedding
+    # teacher's tables); 0 turns it off
+    in_batch_distill: float = field(default=0.0, metadata={"min": 0, "omit_default": True})
+    in_batch_temperature: float = field(default=0.05, metadata={"min": 0, "exclusive_min": True, "omit_default": True})
     embedding_options: dict[str, Any] = field(default_factory=dict, metadata={  # distance, teacher, teacher_options
         "part": {"target": "retrdistill.losses.embedding:EmbeddingDistill"}})
     # also train the score parts at these widths
@@ -107,11 +113,15 @@ class TrainConfig:
             raise ValueError("negatives_per_query must be at least 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio is a fraction of the training steps in [0, 1), got {self.warmup_ratio}")
-        for name in ("in_batch_negatives", "loss_weight", "embedding_distill"):
+        for name in ("in_batch_negatives", "loss_weight", "embedding_distill", "in_batch_distill"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} is a weight and cannot be negative")
-        if self.loss_weight == 0 and self.in_batch_negatives == 0 and self.embedding_distill == 0:
-            raise ValueError("every loss weight is 0: set loss_weight, in_batch_negatives or embedding_distill")
+        if self.in_batch_temperature <= 0:
+            raise ValueError("in_batch_temperature must be positive")
+        if (self.loss_weight == 0 and self.in_batch_negatives == 0 and self.embedding_distill == 0
+                and self.in_batch_distill == 0):
+            raise ValueError("every loss weight is 0: set loss_weight, in_batch_negatives, embedding_distill or "
+                             "in_batch_distill")
         self.embedding_settings()  # validates the options now, with the list of known keys on a typo
         self.validation_settings()
         self.teacher_scale = self.teacher_scale_settings().as_config()  # canonical: {} or both keys
@@ -123,9 +133,9 @@ class TrainConfig:
             if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
                 raise ValueError(f"micro_batch_size must divide batch_size {self.batch_size}, "
                                  f"got {self.micro_batch_size}")
-            if self.in_batch_negatives:
-                raise ValueError("micro_batch_size cannot be combined with in_batch_negatives: in-batch negatives "
-                                 "are the other rows of the whole batch")
+            if self.in_batch_negatives or self.in_batch_distill:
+                raise ValueError("micro_batch_size cannot be combined with in_batch_negatives or in_batch_distill: "
+                                 "both read the other rows of the whole batch")
         if self.checkpoint_steps < 0 or (self.checkpoint_steps and self.validation):
             raise ValueError("checkpoint_steps must be >= 0, and is not combined with validation (which saves its own)")
         check_ranges(self, "train")
@@ -155,6 +165,8 @@ class TrainConfig:
 
         return ObjectiveSettings(loss_weight=self.loss_weight, in_batch_negatives=self.in_batch_negatives,
                                  embedding_distill=self.embedding_distill, embedding=self.embedding_settings(),
+                                 in_batch_distill=self.in_batch_distill,
+                                 in_batch_temperature=self.in_batch_temperature,
                                  matryoshka_dims=list(self.matryoshka_dims), seed=self.seed)
 
     def fit_settings(self):
@@ -255,12 +267,28 @@ def _fit_validation(settings, checking: dict[str, Any], student, cfg: TrainConfi
     def as_saved(model):  # the model as the artefact will hold it (cut to truncate_dim when asked)
         return model if cfg.truncate_dim is None else student.truncate(model, cfg.truncate_dim)
 
-    evaluator = LabelFreeEvaluator(checking["groups"], sources.corpus, settings.parts(), settings.metric,
+    parts = settings.parts()
+    depth = max(part.teacher_depth() for part in parts)
+    evaluator = LabelFreeEvaluator(checking["groups"], sources.corpus, parts, settings.metric,
                                    batch_size=settings.batch_size, transform=as_saved,
-                                   corpus_sample=settings.corpus_sample, seed=settings.seed)
+                                   corpus_sample=settings.corpus_sample, seed=settings.seed,
+                                   teacher_top=_teacher_top(checking["groups"], sources, depth) if depth else None)
     keep = tmp / "checkpoints" if settings.keep_checkpoints else None
     return FitValidation(evaluator, settings.metric, settings.every, settings.at_start, keep,
                          lambda model, folder: student.save(as_saved(model), folder))
+
+
+def _teacher_top(groups: list, sources, depth: int) -> dict[str, list[str]]:
+    """The scoring teacher's own top ``depth`` passages of the corpus for each held-out query (its ``retrieve``:
+    exact search of its cached corpus embeddings for a bi-encoder, a re-ranked first stage for a pair teacher)."""
+    config = sources.scores_config()
+    teacher = registry.build("teacher", config["teacher"], config.get("options") or {}, corpus=sources.corpus,
+                             cache_dir=Path(sources.cache_dir))
+    queries = {g.qid: g.query for g in groups}
+    log.info("train: validation asks the teacher (%s) for its top %d of the corpus for %d held-out queries",
+             config["teacher"], depth, len(queries))
+    run = teacher.retrieve(queries, depth)
+    return {q: [d for d, _ in sorted(hits.items(), key=lambda kv: -kv[1])] for q, hits in run.items()}
 
 
 STAGE = StageSpec(

@@ -63,6 +63,9 @@ class ChosenTeacher(Teacher):
     def fingerprint(self) -> dict:
         return self.inner.fingerprint()
 
+    def resolved(self) -> Teacher:
+        return self.inner.resolved()
+
     def members(self) -> list[Teacher]:
         return self.inner.members()
 

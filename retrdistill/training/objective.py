@@ -4,6 +4,8 @@
 
 * the score loss (Margin-MSE, listwise KL, ...; weight ``loss_weight``),
 * in-batch negatives (``MultipleNegativesRankingLoss``; weight ``in_batch_negatives``, 0: off),
+* in-batch distillation (weight ``in_batch_distill``, 0: off): the teacher's embedding tables price every query
+  of a batch against every passage of the batch; the student matches that softmax (KL),
 * embedding distillation (weight ``embedding_distill``, 0: off): the teacher's embeddings of every text,
   with a projection started at the least-squares fit when the widths differ
   (:mod:`retrdistill.losses.embedding`),
@@ -31,6 +33,8 @@ class ObjectiveSettings:
     loss_weight: float = 1.0
     in_batch_negatives: float = 0.0
     embedding_distill: float = 0.0
+    in_batch_distill: float = 0.0
+    in_batch_temperature: float = 0.05
     embedding: EmbeddingOptions = field(default_factory=EmbeddingOptions)
     matryoshka_dims: list[int] = field(default_factory=list)
     seed: int = 13  # draws the projection's least-squares sample
@@ -77,7 +81,7 @@ class DistillObjective:
         self.teacher = None
         self.tables = None
         self.score_width: int | None = None  # the score loss's label width, before extend_labels appends rows
-        if settings.embedding_distill > 0:
+        if settings.embedding_distill > 0 or settings.in_batch_distill > 0:
             from retrdistill.losses.embedding import teacher_for_embeddings
 
             self.teacher = teacher_for_embeddings(inputs.scores_config(), settings.embedding, inputs.corpus,
@@ -113,15 +117,18 @@ class DistillObjective:
             parts.append((s.in_batch_negatives, MultipleNegativesRankingLoss(model)))
         width = self.score_width if self.score_width is not None else len(rows.columns["label"][0])
         module = DistillationObjective(model, parts, width, embedding_weight=s.embedding_distill,
-                                       tables=self.tables, distance=s.embedding.distance)
+                                       tables=self.tables, distance=s.embedding.distance,
+                                       in_batch_weight=s.in_batch_distill, in_batch_temperature=s.in_batch_temperature)
         counts: dict[str, Any] = {}
         tables = self.tables
-        if (tables is not None and s.embedding.projection_init == "least-squares"
+        if (tables is not None and s.embedding_distill > 0 and s.embedding.projection_init == "least-squares"
                 and tables.dim != model.get_embedding_dimension()):
             texts, targets = projection_sample(rows, tables, s.embedding.projection_sample, s.seed)
             counts["projection_fit_cosine"] = module.fit_projection(texts, targets)
         loss = MatryoshkaLoss(model, module, s.matryoshka_dims) if s.matryoshka_dims else module
-        sampler = "no_duplicates" if s.in_batch_negatives > 0 else "batch_sampler"  # in-batch: no repeated texts
+        # in-batch negatives: no repeated texts (a duplicate would be a false negative); in-batch distillation
+        # prices duplicates with the teacher like any other passage, so it needs no special sampler
+        sampler = "no_duplicates" if s.in_batch_negatives > 0 else "batch_sampler"
 
         def trained_counts() -> dict[str, Any]:
             parts = module.last_parts

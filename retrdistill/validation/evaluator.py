@@ -40,11 +40,13 @@ class LabelFreeEvaluator(BaseEvaluator):
 
     ``primary``: the name the best checkpoint is chosen on (``primary_metric``); ``transform``: applied to the
     model before encoding (the train stage cuts it to ``truncate_dim`` as it will be saved). Every call is
-    appended to :attr:`history` as ``{"step", "epoch", "metrics", "seconds"}``.
+    appended to :attr:`history` as ``{"step", "epoch", "metrics", "seconds"}``. ``teacher_top``: query id -> the
+    teacher's top doc ids over the corpus, for metrics that read it (:meth:`ValidationMetric.teacher_depth`).
     """
 
     def __init__(self, groups: list, corpus, metrics: list, primary: str, *, batch_size: int = 64,
-                 transform=None, corpus_sample: int | None = None, seed: int = 13) -> None:
+                 transform=None, corpus_sample: int | None = None, seed: int = 13,
+                 teacher_top: dict[str, list[str]] | None = None) -> None:
         super().__init__()
         if not groups:
             raise ValueError("validation needs at least one held-out group")
@@ -56,17 +58,22 @@ class LabelFreeEvaluator(BaseEvaluator):
         self.batch_size = batch_size
         self.transform = transform  # model -> the model as it will be saved (e.g. cut to truncate_dim)
         self.history: list[dict[str, Any]] = []
+        if teacher_top is None and any(m.teacher_depth() > 0 for m in self.metrics):
+            raise ValueError("a validation metric reads the teacher's ranking of the corpus: pass teacher_top")
+        self.teacher_top = None if teacher_top is None else [list(teacher_top.get(g.qid, [])) for g in self.groups]
         self.searched_rows = self._searched_rows(corpus_sample, seed)
 
     def _searched_rows(self, corpus_sample: int | None, seed: int) -> list[int] | None:
-        """The corpus rows a search covers: None for the whole corpus, else the held-out groups' candidates
-        and ``corpus_sample`` rows drawn with ``seed`` (fixed for the whole fit, so evaluations compare)."""
+        """The corpus rows a search covers: None for the whole corpus, else the held-out groups' candidates, the
+        teacher's top passages (when read) and ``corpus_sample`` rows drawn with ``seed`` (fixed for the whole
+        fit, so evaluations compare)."""
         n = len(self.corpus)
         if corpus_sample is None or corpus_sample >= n:
             return None
         row = self.corpus.row_index()
         drawn = np.random.default_rng(seed).choice(n, size=corpus_sample, replace=False)
-        rows = sorted({int(r) for r in drawn} | {int(row[d]) for g in self.groups for d in g.docids})
+        rows = {int(r) for r in drawn} | {int(row[d]) for g in self.groups for d in g.docids}
+        rows = sorted(rows | {int(row[d]) for top in self.teacher_top or [] for d in top})
         log.info("validation searches %d of %d passages (a sample of %d, seed %d, and the held-out candidates)",
                  len(rows), n, corpus_sample, seed)
         return rows
@@ -94,11 +101,13 @@ class LabelFreeEvaluator(BaseEvaluator):
         if any(m.search_depth() > 0 for m in self.metrics):
             if self.searched_rows is None:
                 passages = self._encode_rows(model, None, normalize, "validation: encoding the corpus")
-                return ValidationView(self.groups, queries, passages, row, None, corpus.ids_at)
+                return ValidationView(self.groups, queries, passages, row, None, corpus.ids_at,
+                                      teacher_top=self.teacher_top)
             rows = self.searched_rows
             passages = self._encode_rows(model, rows, normalize, "validation: encoding the corpus sample")
             return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)},
-                                  corpus.ids_at, searched_rows=np.asarray(rows, dtype=np.int64))
+                                  corpus.ids_at, searched_rows=np.asarray(rows, dtype=np.int64),
+                                  teacher_top=self.teacher_top)
         rows = sorted({int(row[d]) for g in self.groups for d in g.docids})
         passages = self._encode_rows(model, rows, normalize, "validation: encoding the candidates")
         return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)}, corpus.ids_at)

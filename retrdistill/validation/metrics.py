@@ -28,7 +28,8 @@ class ValidationView:
     numbers are the same, ``passages`` is the whole corpus in corpus order). ``doc_row``: doc id -> corpus row.
     ``corpus_ids``: corpus row -> doc id, for the rows searched. ``searched_rows``: where ``passages`` holds a
     searchable part of the corpus (a fixed sample plus the held-out candidates), the corpus row of each of its
-    rows in order; searches then run over that part.
+    rows in order; searches then run over that part. ``teacher_top``: per group, the doc ids of the teacher's own
+    top passages of the corpus, best first (only when a metric reads them; the searched part always holds them).
     """
 
     groups: list[ScoredGroup]
@@ -38,6 +39,7 @@ class ValidationView:
     passage_row: dict[int, int] | None = None
     corpus_ids: Any = None  # Callable[[list[int]], list[str]]
     searched_rows: np.ndarray | None = None
+    teacher_top: list[list[str]] | None = None
     _ranked: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def candidate_scores(self, i: int) -> np.ndarray:
@@ -255,6 +257,47 @@ class TeacherAgreement(ValidationMetric):
                 corr.append(value)
         ndcg_name, corr_name = self.names()
         return {ndcg_name: _mean(gains_ndcg), corr_name: _mean(corr)}
+
+
+class TeacherRetrieval(ValidationMetric):
+    """How much of the teacher's own top ``k`` of the WHOLE corpus the student retrieves in its top ``k``.
+
+    ``teacher-overlap@{k}``: per held-out query, the share of the teacher's top ``k`` passages (its ``retrieve``
+    over the corpus, computed once before training) found in the student's exact top ``k`` (over the same
+    searched part, which always holds them), averaged over the queries. Unlike ``teacher-agreement`` it sees
+    what the student brings up from outside the mined candidates: a student that learns to order its groups
+    while its ranking of the rest of the corpus drifts scores lower here. No judgment is read.
+    """
+
+    @dataclass
+    class Options:
+        k: int = field(default=10, metadata={"min": 1})
+
+        def __post_init__(self) -> None:
+            if self.k < 1:
+                raise ValueError("k must be positive")
+
+    def names(self) -> list[str]:
+        return [f"teacher-overlap@{self.options.k}"]
+
+    def search_depth(self) -> int:
+        return self.options.k
+
+    def teacher_depth(self) -> int:
+        return self.options.k
+
+    def compute(self, view: ValidationView) -> dict[str, float]:
+        if view.teacher_top is None:
+            raise ValueError("teacher-overlap needs the teacher's ranking of the corpus (teacher_top)")
+        k = self.options.k
+        rows = view.search(k)
+        shares = []
+        for i, top in enumerate(view.teacher_top):
+            if not top:
+                continue
+            ranked = set(view.corpus_ids([int(r) for r in rows[i] if r >= 0]))
+            shares.append(len(ranked & set(top[:k])) / min(k, len(top)))
+        return {self.names()[0]: _mean(shares)}
 
 
 def _mean(values: list[float]) -> float:

@@ -381,11 +381,12 @@ def leaderboard(
 ) -> None:
     """Rebuild the Markdown and HTML leaderboard from a stored leaderboard.json."""
     from retrdistill.evaluation import leaderboard as lb
+    from retrdistill.evaluation.leaderboard_html import write_html
 
     board = _run(lb.load_leaderboard, results)
     folder = out or results.parent
     lb.write_markdown(board, folder / "leaderboard.md")
-    lb.write_html(board, folder / "leaderboard.html")
+    write_html(board, folder / "leaderboard.html")
     typer.echo((folder / "leaderboard.md").read_text(encoding="utf-8"))
 
 

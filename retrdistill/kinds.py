@@ -70,8 +70,15 @@ def kind(name: str) -> ArtefactKind:
 
 
 # ------------------------------------------------------------------ queries
-def write_queries(folder: Path, train) -> None:
-    """``train``: a :class:`retrdistill.data.pseudo_queries.TrainingQueries`."""
+@dataclass
+class TrainingQueries:
+    """What a query source yields and a ``queries`` artefact holds: query texts and their known positives."""
+
+    queries: dict[str, str]  # query id -> text
+    positives: dict[str, dict[str, int]]  # query id -> {doc id: grade}; grade >= 1 is a positive
+
+
+def write_queries(folder: Path, train: TrainingQueries) -> None:
     with atomic_path(folder / "queries.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for qid, text in train.queries.items():
             fh.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
@@ -82,9 +89,8 @@ def write_queries(folder: Path, train) -> None:
                 fh.write(f"{qid}\t{doc_id}\t{grade}\n")
 
 
-def read_queries(folder: str | Path):
+def read_queries(folder: str | Path) -> TrainingQueries:
     from retrdistill.data.beir import load_qrels, load_queries
-    from retrdistill.data.pseudo_queries import TrainingQueries
 
     folder = Path(folder)
     queries, _ = load_queries(folder / "queries.jsonl")

@@ -117,7 +117,7 @@ class QuerySource(Part):
         order gives that output exactly. By default a :attr:`deterministic` source generates everything and
         keeps the shard's contiguous range of queries; a source whose work is worth splitting overrides this;
         any other source refuses."""
-        from retrdistill.data.pseudo_queries import TrainingQueries
+        from retrdistill.kinds import TrainingQueries
         from retrdistill.errors import ConfigError
 
         if not self.deterministic:
@@ -132,7 +132,7 @@ class QuerySource(Part):
         """The N parts written by :meth:`shard`, in shard order, as :meth:`generate` writes them (concatenated
         here; a source with whole-set rules, e.g. deduplication, applies them). ``collection`` may be None
         where the merge was given none; a source that needs it says so."""
-        from retrdistill.data.pseudo_queries import TrainingQueries
+        from retrdistill.kinds import TrainingQueries
 
         queries, positives = {}, {}
         for part in parts:
@@ -245,10 +245,11 @@ class Student(Part):
     """The model being trained (artefact kind ``student``): how it is loaded, trained and saved.
 
     The train stage only wires what the student names: the builder of its training rows, the builder of its
-    objective, the trainer that runs them, and how the trained model is cut and saved. The defaults are a
-    sentence-transformers bi-encoder's (``SentenceTransformer``, ``SentenceTransformerTrainer``, rows
-    ``query, positive, negative_1..n, label``); a student of another family (a SPLADE ``SparseEncoder``, a
-    ``CrossEncoder``) overrides them with its own trainer, rows and objective.
+    objective, the trainer that runs them, and how the trained model is cut and saved. A family provides them:
+    :class:`retrdistill.students.bi_encoder.BiEncoderStudent` holds a sentence-transformers bi-encoder's
+    (``SentenceTransformer``, ``SentenceTransformerTrainer``, rows ``query, positive, negative_1..n, label``);
+    a student of another family (a SPLADE ``SparseEncoder``, a ``CrossEncoder``) names its own trainer, rows and
+    objective. Nothing here reaches into training: the contract only names what a student must answer.
     """
 
     @abstractmethod
@@ -264,30 +265,22 @@ class Student(Part):
         """Refuse, before anything runs, train-stage settings (``cfg``: the ``TrainConfig``) this student cannot
         honour, with a ConfigError; every setting is accepted by default."""
 
+    @abstractmethod
     def trainer_classes(self) -> tuple[type, type]:
         """``(trainer class, training-arguments class)`` of sentence-transformers that train this student."""
-        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-        return SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-
+    @abstractmethod
     def training_data(self) -> Any:
         """The builder of the trainer's dataset from the scored groups (see :mod:`retrdistill.training.data`)."""
-        from retrdistill.training.data import ScoredRows
 
-        return ScoredRows()
-
+    @abstractmethod
     def objective(self, loss: "Loss", settings: Any, inputs: Any) -> Any:
         """The builder of the loss module (see :mod:`retrdistill.training.objective`) from the score ``loss``
         part, the stage's ``ObjectiveSettings`` and its ``TrainingInputs``."""
-        from retrdistill.training.objective import DistillObjective
 
-        return DistillObjective(loss, settings, inputs)
-
+    @abstractmethod
     def truncate(self, model: Any, dim: int) -> Any:
-        """``model`` outputting only its first ``dim`` dimensions (``truncate_dim``)."""
-        from retrdistill.training.fit import truncated
-
-        return truncated(model, dim)
+        """``model`` outputting only its first ``dim`` dimensions (``truncate_dim``), or a ConfigError."""
 
     def save(self, model: Any, folder: Path) -> None:
         """Write ``model`` as a folder that loads on its own (``model.save``)."""
@@ -310,9 +303,10 @@ class Indexer(Part):
     ``"dense"``, a ``SentenceTransformer``; ``"sparse"``, a ``SparseEncoder``), loads it (:meth:`load_model`),
     encodes the corpus into its index (:meth:`index_corpus`; dense indexers through the shared, resumable
     embedding cache of :mod:`retrdistill.encoding.corpus`) and encodes queries for :meth:`search`
-    (:meth:`encode_queries`). A model of the wrong family is refused by :meth:`check_model` before anything is
-    loaded or encoded. An index folder records the registered name of the indexer that wrote it
-    (``index.json``), and is loaded through that indexer again.
+    (:meth:`encode_queries`). A model of the wrong family is refused by
+    :func:`retrdistill.indexers.model_check.check_model` before anything is loaded or encoded. An index folder
+    records the registered name of the indexer that wrote it (``index.json``), and is loaded through that
+    indexer again.
     """
 
     model_type: ClassVar[str] = "dense"
@@ -324,19 +318,6 @@ class Indexer(Part):
 
     def fingerprint(self) -> dict[str, Any]:
         return {"indexer": type(self).__name__, "options": self.output_options()}
-
-    def check_model(self, model_ref: str) -> None:
-        """ConfigError naming the model, what it is and what this indexer needs, unless ``model_ref`` is a
-        model of ``model_type`` (read from its files: nothing is loaded)."""
-        from retrdistill.encoding.sparse import check_model_family, model_family
-        from retrdistill.registry import REGISTRY
-
-        entries = REGISTRY["indexer"].values()
-        target = f"{type(self).__module__}:{type(self).__name__}"
-        name = next((e.name for e in entries if e.target == target), type(self).__name__)
-        family = model_family(model_ref).kind
-        suggest = [e.name for e in entries if getattr(e.load(), "model_type", None) == family]
-        check_model_family(model_ref, self.model_type, f"indexer {name!r}", suggest[:1])
 
     @abstractmethod
     def load_model(self, model_ref: str, *, max_seq_length: int | None = None, device: str | None = None,

@@ -52,7 +52,8 @@ from retrdistill.artefacts import artefact_lock
 from retrdistill.errors import ConfigError
 from retrdistill.kinds import kind as artefact_kind
 from retrdistill.stages.base import StageSpec, StepContext
-from retrdistill.validate import Lines, check_value, part_options
+from retrdistill.registry import part_options
+from retrdistill.validate import Lines, check_value
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill.errors import ConfigError
+from retrdistill.validate import Lines, check_value, dotted, field_default, part_fields
 
 
 @dataclass(frozen=True)
@@ -250,8 +251,6 @@ def make_options(cls: Any, options: dict[str, Any], *, label: str, where: str | 
     ``where`` names the options in errors (``<where>.<option>: expected ...``; default ``<label> options``).
     A pipeline passes its file as ``path``, the lines of its keys as ``lines`` (key path -> line, ``at``
     being the path of these options) and the line of the options themselves as ``line``."""
-    from retrdistill import validate
-
     context = f"{where}: " if where else ""  # a pipeline's: which step and key the options are under
     where = where or f"{label} options"
     lines = lines or {}
@@ -277,9 +276,9 @@ def make_options(cls: Any, options: dict[str, Any], *, label: str, where: str | 
         raise ConfigError(f"{context}unknown option(s) {', '.join(sorted(map(str, unknown)))} for {label}; "
                           f"expected: {', '.join(sorted(known))}", path, line_of(str(unknown[0])))
     for key, value in options.items():
-        validate.check_value(options_cls, key, value, f"{where}.{key}", path, line_of(key), convert=False,
+        check_value(options_cls, key, value, f"{where}.{key}", path, line_of(key), convert=False,
                              lines=lines, at=(*at, key))
-    validate.part_options(options_cls, options, what=where, path=path, lines=lines, at=at, line=line)
+    part_options(options_cls, options, what=where, path=path, lines=lines, at=at, line=line)
     try:
         return options_cls(**options)
     except ConfigError as exc:
@@ -311,3 +310,62 @@ def _kind(kind: str) -> dict[str, Entry]:
     if kind not in REGISTRY:
         raise ConfigError(f"unknown part kind {kind!r}; expected one of: {', '.join(REGISTRY)}")
     return REGISTRY[kind]
+
+
+def part_options(cls: type, values: Mapping[str, Any], *, what: str, path: str | Path | None = None,
+                 lines: Lines | None = None, at: tuple[str, ...] = (), line: int | None = None) -> None:
+    """Check the part options held by the fields of dataclass ``cls`` (see :func:`part_fields`) in ``values``
+    (a config's or a part's options, as given): unknown option keys, types and ranges, recursively. ``lines``
+    maps key paths (from the pipeline file's step, ``at`` being the path of ``values``) to lines."""
+    lines = lines or {}
+
+    def named(p: tuple[str, ...]) -> str:  # ``what`` names the options at ``at``
+        return dotted(what, p[len(at):])
+
+    def line_of(p: tuple[str, ...]) -> int | None:
+        while p:
+            if lines.get(p) is not None:
+                return lines[p]
+            p = p[:-1]
+        return line
+
+    def one(kind: str, name: Any, options: Any, name_at: tuple[str, ...], options_at: tuple[str, ...]) -> None:
+        if name is None or name == "":
+            return
+        if not isinstance(name, str):
+            raise ConfigError(f"{named(name_at)}: expected the name of a {kind.replace('_', ' ')}, got "
+                              f"{name!r}", path, line_of(name_at))
+        found = entry(kind, name, where=str(path) if path else None, line=line_of(name_at))
+        make_options(found.load(), options, label=f"{kind.replace('_', ' ')} {name!r}",
+                              where=named(options_at), path=path, lines=lines, at=options_at,
+                              line=line_of(options_at))
+
+    for field_name, spec in part_fields(cls):
+        if field_name not in values:
+            continue
+        value, here = values[field_name], (*at, field_name)
+        if value is None:
+            continue
+        if "target" in spec:
+            module, _, attr = spec["target"].partition(":")
+            target = getattr(importlib.import_module(module), attr)
+            if not hasattr(target, "Options"):  # a settings dataclass itself
+                target = type(attr, (), {"Options": target})
+            make_options(target, value, label=field_name, where=named(here), path=path,
+                                  lines=lines, at=here, line=line_of(here))
+        elif spec.get("by_name"):
+            if isinstance(value, Mapping):
+                for name, options in value.items():
+                    one(spec["kind"], name, options, (*here, str(name)), (*here, str(name)))
+        elif spec.get("each") or spec.get("one"):
+            if spec.get("each"):
+                items = [((*here, str(i)), item) for i, item in enumerate(value)] if isinstance(value, list) else []
+            else:
+                items = [(here, value)]
+            for item_at, item in items:
+                if isinstance(item, Mapping):  # anything else: the config's own check says what an item must be
+                    one(spec["kind"], item.get(spec["name"]), item.get("options") or {}, (*item_at, spec["name"]),
+                        (*item_at, "options"))
+        else:
+            name = values.get(spec["name"], field_default(cls, spec["name"]))
+            one(spec["kind"], name, value, (*at, spec["name"]), here)

@@ -92,7 +92,7 @@ class CrossEncoderScorer:
 
     def fields(self, doc_ids: list[str]) -> list[tuple[str, str]]:
         """``(title, text)`` of the passages of ``doc_ids``."""
-        from retrdistill.retriever import passage_fields
+        from retrdistill.hits import passage_fields
 
         if self._row is None:
             self._row = self.corpus.row_index()
@@ -132,7 +132,7 @@ class RerankingRetriever:
         return self.scorer.model
 
     def batch_search(self, queries: list[str], k: int = 10, *, with_text: bool = True) -> list[list[Any]]:
-        from retrdistill.retriever import Hit
+        from retrdistill.hits import Hit
 
         started = time.perf_counter()
         scores, ids = self.retriever.batch_search_ids(queries, max(k, self.depth))

@@ -16,59 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from retrdistill.artefacts import read_manifest
 from retrdistill.errors import ManifestError
+from retrdistill.hits import Hit, passage_fields
+from retrdistill.indexers.references import resolve_reference
+
+__all__ = ["Hit", "Retriever", "passage_fields", "resolve_reference"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Hit:
-    """One search result: a passage of the index's corpus and its score for the query.
-
-    Attributes:
-        doc_id: the passage's ``_id`` in the corpus (``corpus.jsonl``).
-        score: the retriever's score (higher is better: a dot product, or a re-ranker's score); the hits of a
-            search come best first.
-        text: the passage's ``text`` field ("" with ``with_text=False``).
-        title: the passage's ``title`` field ("" when it has none, or with ``with_text=False``).
-
-    ``passage`` is title and text joined, as the encoders read them. Example::
-
-        hit = Retriever.load("runs/msmarco-sample/index").search("what is a synapse", k=1)[0]
-        print(hit.doc_id, round(hit.score, 3), hit.title, hit.text[:80])
-        context = hit.passage  # title + text, e.g. for a RAG prompt
-    """
-
-    doc_id: str
-    score: float
-    text: str = ""
-    title: str = ""
-
-    @property
-    def passage(self) -> str:
-        """Title and text joined (BEIR's convention; the text alone when there is no title): what the encoders,
-        BM25 and re-rankers read."""
-        from retrdistill.data.beir import passage_text
-
-        return passage_text(self.title, self.text)
-
-
-def passage_fields(corpus, rows) -> list[tuple[str, str]]:
-    """``(title, text)`` of each corpus row, in order (a corpus without separate fields: ``("", text)``)."""
-    rows = [int(r) for r in rows]
-    if not rows:
-        return []
-    dataset = getattr(corpus, "dataset", None)
-    if dataset is None or "title" not in getattr(dataset, "column_names", ()):
-        return [("", text) for text in corpus.texts_at(rows)]
-    picked = dataset.select(rows)
-    return list(zip(picked["title"], picked["text"]))
 
 
 class Retriever:
@@ -261,11 +220,3 @@ def check_index_model(folder: str | Path, info: dict | None = None, manifest=Non
             f"{resolve_reference(str(info['model']), Path(folder))} now has fingerprint {now[:16]} (changed since, "
             f"e.g. retrained in place); rebuild the index (rerun its index step, or `retrdistill index`) before "
             f"searching it")
-
-
-def resolve_reference(ref: str, folder: Path) -> str:
-    """A model or corpus reference stored in index.json (relative to the index folder, or offline:NAME)."""
-    if ref.startswith("offline:"):
-        return ref
-    candidate = (folder / ref)
-    return str(candidate.resolve()) if candidate.exists() else ref

@@ -158,10 +158,11 @@ class DenseSystem(OptionsSystem):
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill.indexers.faiss_index import FlatIndexer
+        from retrdistill.indexers.model_check import check_model
         from retrdistill.models import model_fingerprint
 
         indexer = FlatIndexer()
-        indexer.check_model(self.options.model)
+        check_model(indexer, self.options.model)
         model = indexer.load_model(self.options.model, max_seq_length=self.options.max_seq_length,
                                    backend=self.options.backend)
         run, cost = _encode_and_search(indexer, model, self.options.model, self.options.max_seq_length, corpus,
@@ -188,10 +189,11 @@ class SparseSystem(OptionsSystem):
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
         from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.indexers.model_check import check_model
         from retrdistill.models import model_fingerprint
 
         indexer = SparseIndexer(SparseIndexer.Options(max_active_dims=self.options.max_active_dims))
-        indexer.check_model(self.options.model)
+        check_model(indexer, self.options.model)
         model = indexer.load_model(self.options.model, max_seq_length=self.options.max_seq_length)
         run, cost = _encode_and_search(indexer, model, self.options.model, self.options.max_seq_length, corpus,
                                        queries, k, cache_dir, measure_cost)

@@ -7,7 +7,7 @@ Field metadata read here:
 * ``{"min": 1}``, ``{"min": 0, "max": 1}``, ``{"min": 0.0, "exclusive_min": True}`` (also ``exclusive_max``):
   the accepted range of a number, or of every number of a list (``list[int]``); ``None`` is not checked;
 * ``{"part": {...}}``: the field holds the options of a registered part, checked against that part's
-  ``Options`` with :func:`part_options` (see :func:`part_fields` for the shapes).
+  ``Options`` with :func:`retrdistill.registry.part_options` (see :func:`part_fields` for the shapes).
 
 Errors read ``<what>.<key>: expected an integer ≥ 1, got 0``.
 """
@@ -200,7 +200,7 @@ def part_fields(cls: type) -> list[tuple[str, dict[str, Any]]]:
     return [(f.name, dict(f.metadata["part"])) for f in dataclasses.fields(cls) if "part" in f.metadata]
 
 
-def _field_default(cls: type, name: str) -> Any:
+def field_default(cls: type, name: str) -> Any:
     for f in dataclasses.fields(cls):
         if f.name == name:
             if f.default is not dataclasses.MISSING:
@@ -216,64 +216,3 @@ def dotted(where: str, at: tuple[str, ...]) -> str:
     for part in at:
         out += f"[{part}]" if part.isdigit() else f".{part}"
     return out
-
-
-def part_options(cls: type, values: Mapping[str, Any], *, what: str, path: str | Path | None = None,
-                 lines: Lines | None = None, at: tuple[str, ...] = (), line: int | None = None) -> None:
-    """Check the part options held by the fields of dataclass ``cls`` (see :func:`part_fields`) in ``values``
-    (a config's or a part's options, as given): unknown option keys, types and ranges, recursively. ``lines``
-    maps key paths (from the pipeline file's step, ``at`` being the path of ``values``) to lines."""
-    from retrdistill import registry
-
-    lines = lines or {}
-
-    def named(p: tuple[str, ...]) -> str:  # ``what`` names the options at ``at``
-        return dotted(what, p[len(at):])
-
-    def line_of(p: tuple[str, ...]) -> int | None:
-        while p:
-            if lines.get(p) is not None:
-                return lines[p]
-            p = p[:-1]
-        return line
-
-    def one(kind: str, name: Any, options: Any, name_at: tuple[str, ...], options_at: tuple[str, ...]) -> None:
-        if name is None or name == "":
-            return
-        if not isinstance(name, str):
-            raise ConfigError(f"{named(name_at)}: expected the name of a {kind.replace('_', ' ')}, got "
-                              f"{name!r}", path, line_of(name_at))
-        found = registry.entry(kind, name, where=str(path) if path else None, line=line_of(name_at))
-        registry.make_options(found.load(), options, label=f"{kind.replace('_', ' ')} {name!r}",
-                              where=named(options_at), path=path, lines=lines, at=options_at,
-                              line=line_of(options_at))
-
-    for field_name, spec in part_fields(cls):
-        if field_name not in values:
-            continue
-        value, here = values[field_name], (*at, field_name)
-        if value is None:
-            continue
-        if "target" in spec:
-            module, _, attr = spec["target"].partition(":")
-            target = getattr(importlib.import_module(module), attr)
-            if not hasattr(target, "Options"):  # a settings dataclass itself
-                target = type(attr, (), {"Options": target})
-            registry.make_options(target, value, label=field_name, where=named(here), path=path,
-                                  lines=lines, at=here, line=line_of(here))
-        elif spec.get("by_name"):
-            if isinstance(value, Mapping):
-                for name, options in value.items():
-                    one(spec["kind"], name, options, (*here, str(name)), (*here, str(name)))
-        elif spec.get("each") or spec.get("one"):
-            if spec.get("each"):
-                items = [((*here, str(i)), item) for i, item in enumerate(value)] if isinstance(value, list) else []
-            else:
-                items = [(here, value)]
-            for item_at, item in items:
-                if isinstance(item, Mapping):  # anything else: the config's own check says what an item must be
-                    one(spec["kind"], item.get(spec["name"]), item.get("options") or {}, (*item_at, spec["name"]),
-                        (*item_at, "options"))
-        else:
-            name = values.get(spec["name"], _field_default(cls, spec["name"]))
-            one(spec["kind"], name, value, (*at, spec["name"]), here)

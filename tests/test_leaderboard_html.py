@@ -15,10 +15,9 @@ from retrdistill.evaluation.leaderboard import (
     Row,
     Significance,
     load_leaderboard,
-    write_html,
     write_json,
 )
-from retrdistill.evaluation.leaderboard_html import render_html
+from retrdistill.evaluation.leaderboard_html import render_html, write_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [

@@ -185,10 +185,11 @@ def test_indexer_loads_what_it_saved(name, request, context, small_collection, t
     """Each indexer encodes ``small_collection`` with its example model (dense: all-MiniLM-L6-v2, through the
     embedding cache the index fixtures share; sparse: tiny-bert-mlm as SPLADE), saves, and loads the same index."""
     from retrdistill.data.beir import open_collection
+    from retrdistill.indexers.model_check import check_model
 
     indexer = registry.build("indexer", name, _example_options("indexer", name, request))
     model_ref = _resolve(type(indexer).example_model, request)
-    indexer.check_model(model_ref)
+    check_model(indexer, model_ref)
     build = dict(type(indexer).example_build)
     model = indexer.load_model(model_ref, max_seq_length=build.get("max_seq_length"))
     corpus = context["corpus"]

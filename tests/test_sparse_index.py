@@ -175,9 +175,10 @@ def test_a_model_of_the_wrong_family_is_refused_before_any_encoding(tmp_path, sm
     assert not (tmp_path / "dense").exists() and not (tmp_path / "sparse").exists()
     # a plain masked-LM checkpoint is both: SPLADE for the sparse indexer, mean pooling for a dense one
     from retrdistill import registry
+    from retrdistill.indexers.model_check import check_model
 
     for name in ("sparse", "faiss-flat"):
-        registry.build("indexer", name).check_model(MODEL)
+        check_model(registry.build("indexer", name), MODEL)
 
 
 def test_eval_rows_report_terms_and_flops_for_sparse_and_bm25(tmp_path, small_collection, small_cache, sparse_index,

@@ -416,7 +416,8 @@ def test_pick_references_are_checked_with_file_and_line(tmp_path, students, prob
 
 
 def test_leaderboard_validation_field_round_trips_and_is_checked(tmp_path):
-    from retrdistill.evaluation.leaderboard import Leaderboard, Row, load_leaderboard, write_html, write_json
+    from retrdistill.evaluation.leaderboard import Leaderboard, Row, load_leaderboard, write_json
+    from retrdistill.evaluation.leaderboard_html import write_html
 
     curve = {"metric": "pseudo-mrr@10", "student": "s", "best_step": 20,
              "points": [{"step": 10, "epoch": 1.0, "value": 0.5}, {"step": 20, "epoch": 2.0, "value": 0.6}]}

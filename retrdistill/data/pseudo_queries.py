@@ -15,17 +15,12 @@ from typing import Any, ClassVar
 
 from retrdistill.data.beir import Collection, Qrels, load_qrels, load_queries
 from retrdistill.errors import ConfigError
+from retrdistill.kinds import TrainingQueries
 from retrdistill.parts import QuerySource
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"\S+")
 SPANS = ("words", "sentence")
-
-
-@dataclass
-class TrainingQueries:
-    queries: dict[str, str]
-    positives: Qrels  # query id -> {doc id: grade}; grade >= 1 is a positive
 
 
 class InverseClozeGenerator(QuerySource):
@@ -55,6 +50,7 @@ class InverseClozeGenerator(QuerySource):
                 raise ValueError(f"span must be one of {', '.join(SPANS)}, got {self.span!r}")
 
     deterministic = True  # a shard generates everything (cheap) and keeps its slice
+    example_variants: ClassVar[dict[str, Any]] = {"span": "sentence"}
 
     def fingerprint(self) -> dict[str, Any]:
         options = asdict(self.options)

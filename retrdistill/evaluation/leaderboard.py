@@ -1,7 +1,7 @@
 """A leaderboard: one row per (system, dataset), mean rows across datasets, and its JSON / Markdown / HTML files.
 
 The JSON is the stored form (schema: ``docs/leaderboard-schema.md``); Markdown and HTML are rendered from
-it, so :func:`load_leaderboard` followed by :func:`write_markdown` / :func:`write_html` rebuilds them.
+it, so :func:`load_leaderboard` followed by :func:`write_markdown` / :func:`retrdistill.evaluation.leaderboard_html.write_html` rebuild them.
 """
 
 from __future__ import annotations
@@ -778,8 +778,3 @@ def write_json(board: Leaderboard, path: str | Path) -> None:
 def write_markdown(board: Leaderboard, path: str | Path) -> None:
     write_text_atomic(path, render_markdown(board))
 
-
-def write_html(board: Leaderboard, path: str | Path) -> None:
-    from retrdistill.evaluation.leaderboard_html import render_html
-
-    write_text_atomic(path, render_html(board))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from html import escape
+from pathlib import Path
 
+from retrdistill.artefacts import write_text_atomic
 from retrdistill.evaluation.leaderboard import (
     COST_LABELS,
     MARKER,
@@ -493,3 +495,8 @@ def _tick(field: str, value: float) -> str:
     if field == "flops_per_query":
         return format_cost("flops_per_query", value)
     return f"{value:g}"
+
+
+def write_html(board: Leaderboard, path: str | Path) -> None:
+    """The page of ``board`` (:func:`render_html`), written atomically."""
+    write_text_atomic(path, render_html(board))

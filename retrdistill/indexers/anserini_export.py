@@ -340,8 +340,9 @@ def export_anserini(source: str | Path, out_dir: str | Path, *, collection: str 
                               f"folder) and --cache-dir")
         from retrdistill.data.beir import open_collection
         from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.indexers.model_check import check_model
 
-        SparseIndexer().check_model(source)
+        check_model(SparseIndexer(), source)
         corpus = open_collection(collection, Path(cache_dir) / "corpora").corpus
         inputs = {"model": model_fingerprint(source), "corpus": corpus.fingerprint}
         origin = {"model": source, "collection": str(collection), "max_seq_length": max_seq_length,
@@ -353,7 +354,7 @@ def export_anserini(source: str | Path, out_dir: str | Path, *, collection: str 
     def body(tmp: Path) -> dict[str, Any]:
         if is_index:
             index, info, _ = index_source(Path(source))
-            from retrdistill.retriever import resolve_reference
+            from retrdistill.indexers.references import resolve_reference
 
             model_ref, model = resolve_reference(str(info["model"]), Path(source)), None
             ids = _doc_ids_file(Path(source) / "docids.txt", index.num_docs)

@@ -118,9 +118,10 @@ class LuceneImpactSystem(EvalSystem):
     # ---------------------------------------------------------------- the source and its Lucene index
     def source(self, corpus, cache_dir: Path) -> SparseSource:
         """The postings to export: the index folder's own (same corpus), else ``corpus`` encoded by the model."""
+        from retrdistill.indexers.model_check import check_model
         from retrdistill.indexers.sparse import SparseIndexer
         from retrdistill.models import model_fingerprint
-        from retrdistill.retriever import resolve_reference
+        from retrdistill.indexers.references import resolve_reference
 
         opts = self.options
         if self._is_index():
@@ -135,7 +136,7 @@ class LuceneImpactSystem(EvalSystem):
             log.info("index %s was built on another corpus or a shard of it: encoding this corpus with its model "
                      "%s", opts.path, model_ref)
         else:
-            SparseIndexer().check_model(opts.path)
+            check_model(SparseIndexer(), opts.path)
             model_ref, seq, dims = opts.path, opts.max_seq_length, opts.max_active_dims
         index, model = model_postings(model_ref, corpus, cache_dir, seq, dims)
         key = fingerprint_obj({"model": model_fingerprint(model_ref), "corpus": corpus.fingerprint,

@@ -120,8 +120,7 @@ def merge_index_shards(dirs: list[Path], manifests: list, tmp: Path, out_dir: Pa
     (to become ``out_dir``); returns the manifest counts. A gap or overlap in the shards' corpus rows is a
     ManifestError naming the shard."""
     from retrdistill.artefacts import atomic_path, write_json_atomic
-    from retrdistill.retriever import resolve_reference
-    from retrdistill.stages.index import _portable
+    from retrdistill.indexers.references import portable, resolve_reference
 
     infos = [json.loads((d / "index.json").read_text(encoding="utf-8")) for d in dirs]
     _check_rows(dirs, infos)
@@ -138,7 +137,7 @@ def merge_index_shards(dirs: list[Path], manifests: list, tmp: Path, out_dir: Pa
                 shutil.copyfileobj(fh, out, 1 << 20)
     merged = {k: v for k, v in infos[0].items() if k not in ("shard", "rows", "corpus_documents")}
     for ref in ("model", "corpus"):  # stored relative to shard 0's folder: made relative to the merged one
-        merged[ref] = _portable(resolve_reference(str(infos[0][ref]), dirs[0]), Path(out_dir))
+        merged[ref] = portable(resolve_reference(str(infos[0][ref]), dirs[0]), Path(out_dir))
     merged["documents"] = sum(int(info["documents"]) for info in infos)
     if "postings" in merged:
         merged["postings"] = sum(int(info["postings"]) for info in infos)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from retrdistill import registry
 from retrdistill.data.beir import Collection
-from retrdistill.data.pseudo_queries import TrainingQueries
+from retrdistill.kinds import TrainingQueries
 from retrdistill.llm.cache import GenerationCache, generate_cached
 from retrdistill.llm.client import GenerationParams
 from retrdistill.llm.templates import load_template

@@ -181,6 +181,7 @@ def _write_report(tmp: Path, cfg: EvalConfig, dataset: str, queries: dict[str, s
 
     ``in_qrels``: the queries the split's qrels judge, when ``qrels`` is a shard's slice of them (``shard``)."""
     from retrdistill.evaluation import leaderboard as lb
+    from retrdistill.evaluation.leaderboard_html import write_html
     from retrdistill.evaluation.compare import compare_results
 
     specs = cfg.specs()
@@ -206,7 +207,7 @@ def _write_report(tmp: Path, cfg: EvalConfig, dataset: str, queries: dict[str, s
     _log_coverage(dataset, cfg.split, coverage, primary)
     lb.write_json(board, tmp / "leaderboard.json")
     lb.write_markdown(board, tmp / "leaderboard.md")
-    lb.write_html(board, tmp / "leaderboard.html")
+    write_html(board, tmp / "leaderboard.html")
     write_json_atomic(tmp / "results.json", {
         "dataset": dataset,
         "split": cfg.split,
@@ -359,6 +360,7 @@ class DatasetsWork:
 
     def combined(self, manifests: dict[str, Manifest]) -> Work:
         from retrdistill.evaluation import leaderboard as lb
+        from retrdistill.evaluation.leaderboard_html import write_html
 
         cfg = self.cfg
         config = {"datasets": list(self.datasets), "metrics": list(cfg.metrics), "baseline": cfg.baseline,
@@ -376,7 +378,7 @@ class DatasetsWork:
                 board.coverage.update(loaded.coverage)
             lb.write_json(board, tmp / "leaderboard.json")
             lb.write_markdown(board, tmp / "leaderboard.md")
-            lb.write_html(board, tmp / "leaderboard.html")
+            write_html(board, tmp / "leaderboard.html")
             return {"datasets": len(folders), "rows": len(board.rows),
                     "mean": {r.system: r.metrics for r in board.mean_rows()}}
 

@@ -15,7 +15,6 @@ of the indexer (``shard_size`` passages, :mod:`retrdistill.shards`), and records
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from retrdistill.artefacts import atomic_path, fingerprint_obj, write_json_atomi
 from retrdistill.data.beir import open_collection
 from retrdistill.encoding.backends import backend_info, output_key
 from retrdistill.errors import ConfigError
+from retrdistill.indexers.model_check import check_model
+from retrdistill.indexers.references import portable
 from retrdistill.models import model_fingerprint
 from retrdistill.shards import SHARD_HELP, SHARD_LAYOUT, corpus_slice, parse_shard, shard_rows
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config
@@ -70,7 +71,7 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
     collection = open_collection(collection_dir, Path(cache_dir) / "corpora")
     whole = collection.corpus
     indexer = registry.build("indexer", cfg.indexer, cfg.options)
-    indexer.check_model(model)  # a model that exists already: refused now, before planning goes on
+    check_model(indexer, model)  # a model that exists already: refused now, before planning goes on
     shard = parse_shard(cfg.shard)
     rows = _shard_rows(cfg, indexer, shard, len(whole))
     corpus = corpus_slice(whole, rows)
@@ -91,7 +92,7 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
     out_dir = Path(out_dir)
 
     def body(tmp: Path) -> dict[str, Any]:
-        indexer.check_model(model)  # an upstream step's model, written since planning: before any encoding
+        check_model(indexer, model)  # an upstream step's model, written since planning: before any encoding
         encoder = indexer.load_model(model, max_seq_length=cfg.max_seq_length, backend=cfg.backend)
         built = indexer.index_corpus(encoder, corpus, tmp, model_ref=model, cache_dir=Path(cache_dir),
                                      batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length)
@@ -101,14 +102,14 @@ def prepare_index(cfg: IndexConfig, collection_dir: str | Path, model: str, out_
         write_json_atomic(tmp / "index.json", {
             "indexer": cfg.indexer,
             "options": cfg.options,
-            "model": _portable(model, out_dir),
+            "model": portable(model, out_dir),
             "model_fingerprint": model_fp,  # a search refuses a model that no longer matches (retrdistill.retriever)
             "model_type": indexer.model_type,
             "max_seq_length": cfg.max_seq_length,
             "backend": cfg.backend,
             "backend_detail": backend_info(encoder),
             **built.info,
-            "corpus": _portable(str(whole.path), out_dir),
+            "corpus": portable(str(whole.path), out_dir),
             "corpus_fingerprint": whole.fingerprint,
             "documents": len(corpus),
             **({"shard": shard.label, "rows": [rows.start, rows.stop], "corpus_documents": len(whole)}
@@ -137,14 +138,6 @@ def _shard_rows(cfg: IndexConfig, indexer, shard, total: int) -> range:
                           f"{blocks} encoding block(s) of shard_size {block}, fewer than {shard.count} shards; "
                           f"use at most {blocks} shards or a smaller -o shard_size")
     return rows
-
-
-def _portable(ref: str, out_dir: Path) -> str:
-    """A local path relative to the index folder (so the folder can move with its model); else unchanged."""
-    path = Path(ref)
-    if ref.startswith("offline:") or not path.exists():
-        return ref
-    return os.path.relpath(path.resolve(), out_dir.resolve())
 
 
 __all__ = ["IndexConfig", "prepare_index", "run_index"]

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from retrdistill.models import load_sentence_transformer, model_fingerprint
-from retrdistill.parts import Student
+from retrdistill.students.bi_encoder import BiEncoderStudent
 
 
-class DenseStudent(Student):
+
+class DenseStudent(BiEncoderStudent):
     example_variants: ClassVar[dict[str, Any]] = {"config_overrides": {"attention_probs_dropout_prob": 0.0}}
 
     @dataclass

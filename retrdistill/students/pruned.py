@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
 from retrdistill.models import load_sentence_transformer, model_fingerprint
-from retrdistill.parts import Student
+from retrdistill.students.bi_encoder import BiEncoderStudent
+
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def projection(in_features: int, out_features: int, seed: int):
     return Dense(in_features, out_features, bias=False, activation_function=None, init_weight=weight)
 
 
-class PrunedStudent(Student):
+class PrunedStudent(BiEncoderStudent):
     """A dense student compressed by depth (kept layers), width (projection) or both."""
 
     @dataclass

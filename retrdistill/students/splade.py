@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
 from retrdistill.models import gguf_file, model_fingerprint, resolve_model
-from retrdistill.parts import Student
+from retrdistill.students.bi_encoder import BiEncoderStudent
+
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ BACKBONES = ("masked", "causal")
 SCHEDULES = ("quadratic", "linear")
 
 
-class SpladeStudent(Student):
+class SpladeStudent(BiEncoderStudent):
     """A SPLADE ``SparseEncoder`` from a masked-LM (or causal-LM) checkpoint."""
 
     @dataclass

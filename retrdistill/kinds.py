@@ -4,19 +4,19 @@ Stages import the kind they read, never the stage that wrote it. A pipeline refe
 kind's main part of step ``id``'s folder; ``@id.FIELD`` to another part (``@student.untrained``). Every
 manifest records the kind of its folder (``Manifest.kind``), and a step accepts only the kinds it declares.
 
-=============  =====================================================  ==============================
-kind           files                                                   parts (``@id.FIELD``)
-=============  =====================================================  ==============================
-queries        ``queries.jsonl`` + ``qrels.tsv`` (positives)           (folder)
-candidates     ``candidates.jsonl`` (positives, mined negatives)       (folder)
-scores         ``scores.jsonl`` (teacher score of every candidate)      (folder)
-student        ``model/`` (trained), ``untrained/`` (when asked)        model, untrained
-index          ``index.json`` + the indexer's files                     (folder)
-eval           ``runs/``, ``results.json``, ``leaderboard.*``           (folder), leaderboard
-texts          generated texts (queries, passages, translations)       (folder)
-sparse-index   a sparse inverted index                                 (folder)
-teacher-choice ``choice.json`` (signals, estimates, pick, weights)     (folder)
-=============  =====================================================  ==============================
+================  =====================================================  ==============================
+kind              files                                                   parts (``@id.FIELD``)
+================  =====================================================  ==============================
+queries           ``queries.jsonl`` + ``qrels.tsv`` (positives)           (folder)
+candidates        ``candidates.jsonl`` (positives, mined negatives)       (folder)
+scores            ``scores.jsonl`` (teacher score of every candidate)      (folder)
+student           ``model/`` (trained), ``untrained/`` (when asked)        model, untrained
+index             ``index.json`` + the indexer's files                     (folder)
+eval              ``runs/``, ``results.json``, ``leaderboard.*``           (folder), leaderboard
+texts             generated texts (queries, passages, translations)       (folder)
+anserini-vectors  ``vectors/*.jsonl`` + ``anserini.json`` (Lucene impact) (folder)
+teacher-choice    ``choice.json`` (signals, estimates, pick, weights)     (folder)
+================  =====================================================  ==============================
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ KINDS: dict[str, ArtefactKind] = {k.name: k for k in [
     ArtefactKind("eval", "runs, per-query results and a leaderboard",
                  {"": "", "leaderboard": "leaderboard/leaderboard.json"}),
     ArtefactKind("texts", "generated texts (written queries, passages, translations)"),
-    ArtefactKind("sparse-index", "a sparse inverted index"),
+    ArtefactKind("anserini-vectors", "a sparse index's passages as Anserini JsonVectorCollection files"),
     ArtefactKind("teacher-choice", "label-free estimates of candidate teachers, a pick or ensemble weights"),
 ]}
 

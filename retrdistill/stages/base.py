@@ -110,6 +110,9 @@ class Work:
     base: Path | None = None
 
     def __post_init__(self) -> None:
+        from retrdistill.kinds import kind
+
+        kind(self.kind)  # every artefact a step writes is of a declared kind (retrdistill.kinds.KINDS)
         self.out_dir = Path(self.out_dir)
 
     @property

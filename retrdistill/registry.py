@@ -71,6 +71,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("dense", "retrdistill.miners.dense:DenseMiner", "any sentence-transformers model searched with FAISS"),
         ("fused", "retrdistill.miners.fused:FusedMiner",
          "several miners' candidates fused by reciprocal rank (negatives from more than one retriever)"),
+        ("teacher", "retrdistill.miners.teacher:TeacherMiner",
+         "a registered teacher's own retrieval (bi-encoders search their cached corpus embeddings)"),
         ("reranked", "retrdistill.miners.reranked:RerankedMiner",
          "a first-stage miner's candidates re-ranked by any registered teacher (cross-encoder mining; scores cached)"),
         ("llm-negatives", "retrdistill.llm.negatives:LLMNegatives",

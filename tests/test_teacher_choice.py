@@ -147,3 +147,33 @@ def test_weights_make_a_weighted_ensemble(tmp_path, small_collection, picked):
     manifest = read_manifest(root / "work" / "s")
     assert manifest.counts["groups"] == 8
     assert {p.state for p in plan_pipeline(load_pipeline(path))} == {"current"}
+
+
+def test_the_teacher_miner_retrieves_as_its_teacher(picked, small_collection, tmp_path):
+    """``miner: teacher`` with the chosen teacher: the pick's own retrieval, its fingerprint; in a pipeline's
+    fused miner the reference to the choice makes the mine step follow the rate step."""
+    from retrdistill.data.beir import open_collection
+
+    rate = picked / "work" / "rate"
+    choice = json.loads((rate / "choice.json").read_text())
+    spec = choice["candidates"][choice["picked"]]
+    corpus = open_collection(small_collection, picked / "cache" / "corpora").corpus
+    miner = registry.build("miner", "teacher", {"teacher": "chosen", "teacher_options": {"choice": str(rate)}},
+                           corpus=corpus, cache_dir=picked / "cache")
+    direct = registry.build("teacher", spec["teacher"], spec["options"], corpus=corpus, cache_dir=picked / "cache")
+    assert miner.fingerprint() == {"miner": "teacher", "teacher": direct.fingerprint()}
+    queries = {g.qid: g.query for g in read_candidates(picked / "work" / "neg")}
+    hits, run = miner.search(queries, 10), direct.retrieve(queries, 10)
+    for qid in queries:
+        expected = sorted(run[qid].items(), key=lambda hit: (-hit[1], hit[0]))
+        assert [d for d, _ in hits[qid]] == [d for d, _ in expected][:10] and hits[qid]
+        assert [s for _, s in hits[qid]] == pytest.approx([s for _, s in expected])
+
+    text = _pipeline(tmp_path, small_collection, "pick").read_text(encoding="utf-8").replace(
+        '        - {miner: bm25}\n',
+        '        - {miner: bm25}\n        - {miner: teacher, options: {teacher: chosen, teacher_options: {choice: "@rate"}}}\n')
+    (tmp_path / "pipeline.yaml").write_text(text, encoding="utf-8")
+    pipeline = load_pipeline(tmp_path / "pipeline.yaml")
+    assert "rate" in pipeline.steps["neg"].upstream
+    order = [p.id for p in plan_pipeline(pipeline)]
+    assert order.index("rate") < order.index("neg")

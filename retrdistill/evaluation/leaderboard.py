@@ -1,7 +1,8 @@
 """A leaderboard: one row per (system, dataset), mean rows across datasets, and its JSON / Markdown / HTML files.
 
 The JSON is the stored form (schema: ``docs/leaderboard-schema.md``); Markdown and HTML are rendered from
-it, so :func:`load_leaderboard` followed by :func:`write_markdown` / :func:`retrdistill.evaluation.leaderboard_html.write_html` rebuild them.
+it, so :func:`load_leaderboard` followed by :func:`write_markdown` or
+:func:`retrdistill.evaluation.leaderboard_html.write_html` rebuilds them.
 """
 
 from __future__ import annotations

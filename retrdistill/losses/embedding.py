@@ -9,8 +9,8 @@ Labels. The training rows are ``query, positive, negative_1 .. negative_n``; eac
 loss's label (``k`` numbers: ``n`` margins for Margin-MSE, ``n + 1`` scores for listwise KL) followed, when the
 embedding part is on, by ``n + 2`` row numbers into the teacher tables: the query's row in the query table, then
 each passage's row in the passage table. In-batch distillation (weight ``in_batch_distill``) reads the same
-tables: the teacher prices every query of a batch against every passage of the batch. The tables live on the loss (buffers, never trained or saved), so the
-dataset stays small whatever the teacher's width. Row numbers travel as float32 labels, exact below 2**24 rows.
+tables: the teacher prices every query of a batch against every passage of the batch. The tables live on the
+loss (buffers, never trained or saved), so the dataset stays small whatever the teacher's width. Row numbers travel as float32 labels, exact below 2**24 rows.
 
 The train stage reaches this module only through its objective builder,
 :class:`retrdistill.training.objective.DistillObjective`.
@@ -160,8 +160,8 @@ class DistillationObjective(nn.Module):
     ``score_parts``: ``(weight, loss)`` pairs of sentence-transformers losses with ``compute_loss_from_embeddings``
     (e.g. ``MarginMSELoss``, ``DistillKLDivLoss``, ``MultipleNegativesRankingLoss``); each receives the first
     ``score_label_width`` label columns. ``embedding_weight`` > 0 or ``in_batch_weight`` > 0 needs ``tables``;
-    those parts read the remaining label columns (see the module docstring). Under ``MatryoshkaLoss`` the embedding part applies at
-    the student's full width only (a projection is defined for one width), the score parts at every width.
+    those parts read the remaining label columns (see the module docstring). Under ``MatryoshkaLoss`` the
+    embedding and in-batch parts apply at the student's full width only, the score parts at every width.
     """
 
     def __init__(self, model, score_parts: list[tuple[float, nn.Module]], score_label_width: int, *,

@@ -74,8 +74,8 @@ class LabelFreeEvaluator(BaseEvaluator):
         drawn = np.random.default_rng(seed).choice(n, size=corpus_sample, replace=False)
         rows = {int(r) for r in drawn} | {int(row[d]) for g in self.groups for d in g.docids}
         rows = sorted(rows | {int(row[d]) for top in self.teacher_top or [] for d in top})
-        log.info("validation searches %d of %d passages (a sample of %d, seed %d, and the held-out candidates)",
-                 len(rows), n, corpus_sample, seed)
+        log.info("validation searches %d of %d passages (a sample of %d, seed %d, the held-out candidates%s)",
+                 len(rows), n, corpus_sample, seed, " and the teacher's top passages" if self.teacher_top else "")
         return rows
 
     def __call__(self, model, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict[str, float]:

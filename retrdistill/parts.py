@@ -57,6 +57,8 @@ class Part(ABC):
     # options an option's variant is only valid or read with (e.g. a client's options need the client named):
     # the contract test sets them on both sides of that comparison
     variant_companions: ClassVar[dict[str, dict[str, Any]]] = {}
+    # the name the registry built it under (set by retrdistill.registry.build; None when built directly)
+    registered_name: str | None = None
 
     def __init__(self, options: Any = None, *args: Any, **context: Any) -> None:
         """``options``: an instance of ``Options`` (None: the defaults); context by keyword, or positionally in
@@ -221,6 +223,56 @@ class PairTeacher(Teacher):
         return {qid: scores[a:b] for qid, (a, b) in spans.items()}
 
 
+class Family(Part):
+    """A family of retrieval models (dense embeddings, sparse term vectors, pair scorers; a new one such as
+    multi-vector) and everything that must agree on it: which saved checkpoints are of it, how they load, how
+    they encode queries and passages, how encodings are searched exactly, which losses train its students.
+
+    Students (:attr:`Student.family`) and indexers (:attr:`Indexer.model_type`) name their family by its
+    registered name; nothing outside a family tests a model's type. :func:`retrdistill.families.detect` asks
+    every registered family's :meth:`detect` for a model folder, the latest registered first (a plugin's family
+    narrows a built-in one), then falls back to the plain checkpoint kinds below.
+    """
+
+    description: ClassVar[str] = ""
+    # plain checkpoints without a family of their own that this family can still load: "masked-lm" (a masked-LM
+    # head), "transformer" (a bare encoder), "unknown" (a hub name, or files that say nothing)
+    also_loads: ClassVar[tuple[str, ...]] = ()
+    # the losses its students train with (:attr:`Loss.student_family`): "embedding" or "cross-encoder"
+    trains_with: ClassVar[str] = "embedding"
+    # how its exact search is named in reports: "flat" (dense inner products), "inverted" (sparse postings)
+    exact_search: ClassVar[str] = "flat"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"family": type(self).__name__, "options": self.output_options()}
+
+    @abstractmethod
+    def detect(self, folder: Path) -> str | None:
+        """The file and field that make the saved model in ``folder`` one of this family, or None; read from
+        its files alone, nothing loaded."""
+
+    @abstractmethod
+    def load(self, ref: str, *, max_seq_length: int | None = None, device: str | None = None) -> Any:
+        """The model ``ref`` (a path, hub name or offline:NAME) as this family encodes with it."""
+
+    @abstractmethod
+    def encode(self, model: Any, texts: list[str], *, role: str, batch_size: int = 64, on_progress=None) -> Any:
+        """``texts`` encoded for search, ``role`` ``"query"`` or ``"document"`` (one row per text: a float32
+        array, or a CSR matrix of term weights); ``on_progress(n)`` after each batch."""
+
+    def stack(self, parts: list[Any]) -> Any:
+        """One encoding of the rows of ``parts`` (outputs of :meth:`encode`), in order."""
+        return np.concatenate(parts)
+
+    @abstractmethod
+    def scores(self, queries: Any, passages: Any) -> np.ndarray:
+        """The (queries x passages) float32 score matrix of two encodings."""
+
+    @abstractmethod
+    def top_k(self, queries: Any, passages: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``(scores, rows)`` of each query's ``k`` best passages, best first (rows of -1 where fewer)."""
+
+
 class Loss(Part):
     """A score-distillation loss: the label it needs from the teacher's scores, and the torch loss module."""
 
@@ -251,6 +303,9 @@ class Student(Part):
     a student of another family (a SPLADE ``SparseEncoder``, a ``CrossEncoder``) names its own trainer, rows and
     objective. Nothing here reaches into training: the contract only names what a student must answer.
     """
+
+    # the registered family of the model it trains (:class:`Family`): its losses, validation encoding and search
+    family: ClassVar[str] = "dense"
 
     @abstractmethod
     def load(self) -> Any:
@@ -299,8 +354,8 @@ class BuiltIndex:
 class Indexer(Part):
     """Encodes a corpus with a model and indexes it (artefact kind ``index``); saves, loads and searches it.
 
-    The indexer owns the encoding on both sides: it declares the kind of model it takes (``model_type``:
-    ``"dense"``, a ``SentenceTransformer``; ``"sparse"``, a ``SparseEncoder``), loads it (:meth:`load_model`),
+    The indexer owns the encoding on both sides: it declares the family of model it takes (``model_type``: a
+    registered :class:`Family`, ``"dense"`` for a ``SentenceTransformer``, ``"sparse"`` for a ``SparseEncoder``), loads it (:meth:`load_model`),
     encodes the corpus into its index (:meth:`index_corpus`; dense indexers through the shared, resumable
     embedding cache of :mod:`retrdistill.encoding.corpus`) and encodes queries for :meth:`search`
     (:meth:`encode_queries`). A model of the wrong family is refused by
@@ -529,6 +584,7 @@ KIND_BASES: dict[str, type[Part]] = {
     "loss": Loss,
     "student": Student,
     "indexer": Indexer,
+    "family": Family,
     "system": EvalSystem,
     "validation_metric": ValidationMetric,
     "translator": Translator,

@@ -1,5 +1,5 @@
-"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers,
-evaluation systems and validation metrics.
+"""The one list of every pluggable part: query generators, miners, teachers, losses, students, indexers, model
+families, evaluation systems and validation metrics.
 
 The CLI's choices, pipeline validation and error messages all read this module, so names cannot drift apart.
 Adding a part is one new file (a subclass of its kind's base in :mod:`retrdistill.parts`, with an ``Options``
@@ -132,6 +132,13 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("faiss-hnsw", "retrdistill.indexers.faiss_index:HNSWIndexer", "graph-based approximate search"),
         ("sparse", "retrdistill.indexers.sparse:SparseIndexer", "inverted index of a SparseEncoder's term weights (exact)"),
     ]),
+    "family": _entries("family", [
+        ("dense", "retrdistill.families.dense:DenseFamily", "SentenceTransformer embeddings, inner-product search"),
+        ("sparse", "retrdistill.families.sparse:SparseFamily",
+         "SparseEncoder term weights over the vocabulary (SPLADE), inverted-index search"),
+        ("cross-encoder", "retrdistill.families.cross_encoder:CrossEncoderFamily",
+         "CrossEncoder pair scores (re-ranking; nothing to index)"),
+    ]),
     "system": _entries("system", [
         ("bm25", "retrdistill.systems:BM25System", "BM25 (bm25s) over the evaluated corpus"),
         ("lucene-bm25", "retrdistill.miners.lucene:LuceneBM25System",
@@ -224,13 +231,26 @@ def add(kind: str, name: str, target: str, summary: str) -> Entry:
 
 def build(kind: str, name: str, options: dict[str, Any] | None = None, **context: Any) -> Any:
     """Construct a registered part from its options dict, validated against its ``Options`` dataclass; the
-    context (``corpus``, ``cache_dir``, ...) goes to the parts that need it. The loaded class must subclass its
+    context (``corpus``, ``cache_dir``, ...) goes to the parts that need it. The part keeps the name it was built
+    under as ``registered_name``. The loaded class must subclass its
     kind's base in :data:`retrdistill.parts.KIND_BASES` (kinds without one are not checked)."""
     found = entry(kind, name)
     cls = found.load()
     _check_base(found, cls)
     opts = make_options(cls, options or {}, label=f"{kind.replace('_', ' ')} {name!r}")
-    return cls.from_options(opts, **context)
+    part = cls.from_options(opts, **context)
+    part.registered_name = found.name
+    return part
+
+
+def name_of(kind: str, part: Any) -> str:
+    """The name ``part`` was built under (:func:`build` records it), else the name its class is registered under,
+    else its class name."""
+    given = getattr(part, "registered_name", None)
+    if given:
+        return str(given)
+    target = f"{type(part).__module__}:{type(part).__name__}"
+    return next((e.name for e in _kind(kind).values() if e.target == target), type(part).__name__)
 
 
 def _check_base(found: Entry, cls: Any) -> None:

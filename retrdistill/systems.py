@@ -268,7 +268,9 @@ class IndexSystem(EvalSystem):
         run, cost = _encode_and_search(retriever.indexer, retriever.model, model_path,
                                        retriever.info.get("max_seq_length"), corpus, queries, k, cache_dir, measure_cost)
         cost["backend"] = retriever.backend
-        exact = "flat" if retriever.indexer.model_type == "dense" else "inverted"
+        from retrdistill import families
+
+        exact = families.get(retriever.indexer.model_type).exact_search
         return SystemOutput(run, cost, {**provenance, "encoded_here": exact}, _index_validation(retriever),
                             _index_negatives(retriever))
 

@@ -215,7 +215,7 @@ def test_losses_and_settings_the_sparse_student_cannot_use_are_config_errors(sma
     registry.add("loss", "cosine-probe", f"{__name__}:CosineProbe", "a loss the SPLADE student cannot use")
     request.addfinalizer(lambda: registry.REGISTRY["loss"].pop("cosine-probe", None))
     for overrides, message in [
-        ({"loss": "cosine-probe"}, "CosineProbe: the SPLADE student trains with margin-mse or listwise-kl"),
+        ({"loss": "cosine-probe"}, "'cosine-probe': the SPLADE student trains with margin-mse or listwise-kl"),
         ({"in_batch_negatives": 0.5}, "in_batch_negatives: not available to the SPLADE student"),
         ({"embedding_distill": 1.0}, "embedding_distill: not available"),
         ({"matryoshka_dims": [64]}, "matryoshka_dims: not available"),
@@ -400,7 +400,7 @@ def test_a_splade_student_validates_on_sparse_search_and_keeps_its_best_checkpoi
     settings = validation_settings(validation)
     _, held, _ = split_scores(scored, tmp_path / "split", settings)
     corpus = open_collection(small_collection, small_cache / "corpora").corpus
-    evaluator = LabelFreeEvaluator(held, corpus, settings.parts(), settings.metric)
+    evaluator = LabelFreeEvaluator(held, corpus, settings.parts(), settings.metric, family="sparse")
     kept = SparseEncoder(str(tmp_path / "student" / "model"))
     kept.max_seq_length = TINY["max_seq_length"]
     again = evaluator(kept)
@@ -414,7 +414,7 @@ def test_sparse_top_k_is_the_inverted_indexs_exact_search(small_collection, smal
     from retrdistill.data.beir import open_collection
     from retrdistill.encoding.sparse import encode_sparse, load_sparse_encoder
     from retrdistill.indexers.sparse import SparseIndexer
-    from retrdistill.validation.metrics import sparse_top_k
+    from retrdistill.families.sparse import sparse_top_k
 
     corpus = open_collection(small_collection, small_cache / "corpora").corpus
     model = load_sparse_encoder("offline:tiny-bert-mlm", max_seq_length=32)

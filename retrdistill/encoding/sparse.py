@@ -1,5 +1,5 @@
-"""Sparse (SPLADE-style) encoding: what family a model is, loading a ``SparseEncoder``, and the corpus's
-document vectors as a cached, resumable inverted index.
+"""Sparse (SPLADE-style) encoding: loading a ``SparseEncoder``, and the corpus's document vectors as a cached,
+resumable inverted index (which models are sparse: :mod:`retrdistill.families.sparse`).
 
 A corpus is encoded once per (model, corpus, settings) into ``cache_dir/sparse/<key>/``, as
 :func:`retrdistill.encoding.corpus.corpus_embeddings` does for dense models:
@@ -40,79 +40,6 @@ from retrdistill.errors import ConfigError
 from retrdistill.models import model_fingerprint, resolve_model
 
 log = logging.getLogger(__name__)
-
-SPARSE_MODULES = ("SpladePooling", "SparseStaticEmbedding", "SparseAutoEncoder", "MLMTransformer")
-FAMILY_NAMES = {
-    "dense": "a dense SentenceTransformer model",
-    "sparse": "a sparse SparseEncoder model",
-    "masked-lm": "a plain masked-LM checkpoint (loads as either)",
-    "transformer": "a plain transformer checkpoint without a masked-LM head",
-    "cross-encoder": "a CrossEncoder (pair scorer)",
-    "unknown": "a model whose files say nothing of its family",
-}
-ACCEPTS = {  # what each model type of indexer can encode with
-    "dense": ("dense", "masked-lm", "transformer", "unknown"),
-    "sparse": ("sparse", "masked-lm", "unknown"),
-}
-
-
-# ------------------------------------------------------------------ model family
-@dataclass(frozen=True)
-class ModelFamily:
-    kind: str  # a key of FAMILY_NAMES
-    evidence: str  # the file and field that say so
-
-    @property
-    def description(self) -> str:
-        return FAMILY_NAMES[self.kind]
-
-
-def model_family(ref: str) -> ModelFamily:
-    """What a model reference is, from its files alone (nothing is loaded): a folder's
-    ``config_sentence_transformers.json`` ``model_type``, else its ``modules.json`` modules, else its
-    ``config.json`` architectures. A reference that is not a local folder (a hub name) is ``unknown``."""
-    folder = Path(resolve_model(ref))
-    if not folder.is_dir():
-        return ModelFamily("unknown", "not a local folder")
-    st_config = _read_json(folder / "config_sentence_transformers.json")
-    model_type = st_config.get("model_type") if isinstance(st_config, dict) else None
-    by_type = {"SparseEncoder": "sparse", "SentenceTransformer": "dense", "CrossEncoder": "cross-encoder"}
-    if model_type in by_type:
-        return ModelFamily(by_type[model_type], f"config_sentence_transformers.json: model_type {model_type}")
-    modules = _read_json(folder / "modules.json")
-    if isinstance(modules, list) and modules:
-        types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
-        sparse = [t for t in types if t.rsplit(".", 1)[-1] in SPARSE_MODULES]
-        if sparse:
-            return ModelFamily("sparse", f"modules.json: {sparse[0].rsplit('.', 1)[-1]}")
-        return ModelFamily("dense", f"modules.json: {', '.join(t.rsplit('.', 1)[-1] for t in types)}")
-    config = _read_json(folder / "config.json")
-    if isinstance(config, dict) and config.get("architectures"):
-        arch = [str(a) for a in config["architectures"]]
-        if any(a.endswith("ForMaskedLM") for a in arch):
-            return ModelFamily("masked-lm", f"config.json: architectures {', '.join(arch)}")
-        return ModelFamily("transformer", f"config.json: architectures {', '.join(arch)}")
-    return ModelFamily("unknown", "no sentence-transformers or transformers config")
-
-
-def check_model_family(ref: str, model_type: str, who: str, suggest: list[str] | None = None) -> ModelFamily:
-    """ConfigError unless ``ref`` can be encoded by a part of ``model_type`` (``dense`` or ``sparse``)."""
-    if model_type not in ACCEPTS:
-        raise ConfigError(f"{who}: unknown model type {model_type!r}; expected one of: {', '.join(ACCEPTS)}")
-    family = model_family(ref)
-    if family.kind not in ACCEPTS[model_type]:
-        need = FAMILY_NAMES[model_type]
-        hint = f"; use {' or '.join(repr(s) for s in suggest)} for it" if suggest else ""
-        raise ConfigError(f"{who} needs {need}, but model {ref!r} is {family.description} ({family.evidence}){hint}")
-    return family
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
 
 # ------------------------------------------------------------------ loading and encoding
 def load_sparse_encoder(ref: str, *, max_seq_length: int | None = None, device: str | None = None):

@@ -154,19 +154,3 @@ class CrossEncoderADRMSE(CrossEncoderLoss):
         from sentence_transformers.cross_encoder.losses import ADRMSELoss
 
         return ADRMSELoss(model, alpha=self.options.alpha)
-
-
-def registered_name(loss: Loss) -> str:
-    """The name ``loss``'s class is registered under (its class name when it is not registered)."""
-    from retrdistill import registry
-
-    target = f"{type(loss).__module__}:{type(loss).__name__}"
-    return next((e.name for e in registry.REGISTRY["loss"].values() if e.target == target), type(loss).__name__)
-
-
-def losses_for(family: str) -> list[str]:
-    """The registered losses whose ``student_family`` is ``family`` (``embedding`` or ``cross-encoder``)."""
-    from retrdistill import registry
-
-    return [e.name for e in registry.REGISTRY["loss"].values()
-            if getattr(e.load(), "student_family", "embedding") == family]

@@ -178,6 +178,22 @@ class TrainConfig:
                            weight_decay=self.weight_decay, seed=self.seed, checkpoint_steps=self.checkpoint_steps)
 
 
+LOSS_TRAINS = {"embedding": "a bi-encoder or SPLADE student (it compares embeddings)",
+               "cross-encoder": "a cross-encoder student (pair logits)"}
+
+
+def _check_loss_fits(loss, student) -> None:
+    """ConfigError unless ``loss`` trains what the student's family trains with (:attr:`Family.trains_with`)."""
+    from retrdistill import families
+
+    wanted = families.get(student.family).trains_with
+    if loss.student_family != wanted:
+        trains = LOSS_TRAINS.get(loss.student_family, f"a {loss.student_family} student")
+        raise ConfigError(f"loss {registry.name_of('loss', loss)!r} trains {trains}; the "
+                          f"{registry.name_of('student', student)!r} student ({student.family} family) takes one "
+                          f"of: {', '.join(families.losses_for(wanted))}")
+
+
 def run_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str | Path, out_dir: str | Path, *,
               cache_dir: str | Path, force: bool = False) -> StageResult:
     return prepare_train(cfg, scores_dir, collection_dir, out_dir, cache_dir=cache_dir).run(force=force)
@@ -194,6 +210,7 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
         raise ConfigError(f"micro_batch_size: the {cfg.student!r} student's objective has batch-level terms "
                           f"(e.g. a FLOPS regulariser over the batch), so smaller forward passes would change it")
     loss = registry.build("loss", cfg.loss, cfg.loss_options)
+    _check_loss_fits(loss, student)
     sources = TrainingInputs(Path(scores_dir), Path(collection_dir), Path(cache_dir),
                              teacher_scale=cfg.teacher_scale_settings())
     objective = student.objective(loss, cfg.objective_settings(), sources)
@@ -272,7 +289,8 @@ def _fit_validation(settings, checking: dict[str, Any], student, cfg: TrainConfi
     evaluator = LabelFreeEvaluator(checking["groups"], sources.corpus, parts, settings.metric,
                                    batch_size=settings.batch_size, transform=as_saved,
                                    corpus_sample=settings.corpus_sample, seed=settings.seed,
-                                   teacher_top=_teacher_top(checking["groups"], sources, depth) if depth else None)
+                                   teacher_top=_teacher_top(checking["groups"], sources, depth) if depth else None,
+                                   family=student.family)
     keep = tmp / "checkpoints" if settings.keep_checkpoints else None
     return FitValidation(evaluator, settings.metric, settings.every, settings.at_start, keep,
                          lambda model, folder: student.save(as_saved(model), folder))

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 class CrossEncoderStudent(Student):
     """A one-logit ``CrossEncoder`` from an encoder checkpoint (a fresh head where it has none)."""
 
+    family: ClassVar[str] = "cross-encoder"
+
     @dataclass
     class Options:
         model: str = "offline:all-MiniLM-L6-v2"

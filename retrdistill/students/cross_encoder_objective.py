@@ -69,17 +69,11 @@ class _Picking:
 
 
 class CrossEncoderObjective:
-    """Builds a cross-encoder student's loss from a cross-encoder loss part; refuses, on construction, a loss of
-    another family and the bi-encoder objective's extras (in-batch negatives, embedding distillation,
-    Matryoshka widths, a loss weight other than 1)."""
+    """Builds a cross-encoder student's loss from a cross-encoder loss part (the train stage has refused a loss of
+    another family); refuses, on construction, the bi-encoder objective's extras (in-batch negatives, embedding
+    distillation, Matryoshka widths, a loss weight other than 1)."""
 
     def __init__(self, student, loss, settings) -> None:
-        from retrdistill.losses.cross_encoder import CrossEncoderLoss, losses_for, registered_name
-
-        if not isinstance(loss, CrossEncoderLoss):
-            raise ConfigError(f"loss {registered_name(loss)!r} trains a bi-encoder or SPLADE student (it compares "
-                              f"embeddings); the cross-encoder student takes one of: "
-                              f"{', '.join(losses_for('cross-encoder'))}")
         refused = [name for name, on in (("in_batch_negatives", settings.in_batch_negatives > 0),
                                          ("embedding_distill", settings.embedding_distill > 0),
                                          ("matryoshka_dims", bool(settings.matryoshka_dims))) if on]

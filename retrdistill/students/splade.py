@@ -46,6 +46,8 @@ SCHEDULES = ("quadratic", "linear")
 class SpladeStudent(BiEncoderStudent):
     """A SPLADE ``SparseEncoder`` from a masked-LM (or causal-LM) checkpoint."""
 
+    family: ClassVar[str] = "sparse"
+
     @dataclass
     class Options:
         model: str = "offline:tiny-bert-mlm"

@@ -34,6 +34,8 @@ from typing import Any
 from retrdistill.errors import ConfigError
 from retrdistill.training.objective import Objective
 
+# the registered score losses a SPLADE student trains with, and the sentence-transformers loss that does it
+SPARSE_LOSSES = {"margin-mse": "SparseMarginMSELoss", "listwise-kl": "SparseDistillKLDivLoss"}
 LOGGED_PARTS = ("base_loss", "document_regularizer_loss", "query_regularizer_loss", "document_regularizer_weight",
                 "query_regularizer_weight")
 
@@ -43,11 +45,13 @@ class SpladeObjective:
     student's regulariser options; refuses, on construction, what it cannot train."""
 
     def __init__(self, student, loss, settings, inputs) -> None:
-        from retrdistill.losses.distill import ListwiseKL, MarginMSE
+        from retrdistill import registry
 
-        if not isinstance(loss, (MarginMSE, ListwiseKL)):
-            raise ConfigError(f"loss {type(loss).__name__}: the SPLADE student trains with margin-mse or "
-                              f"listwise-kl (SparseMarginMSELoss / SparseDistillKLDivLoss inside SpladeLoss)")
+        self.loss_name = registry.name_of("loss", loss)
+        if self.loss_name not in SPARSE_LOSSES:
+            raise ConfigError(f"loss {self.loss_name!r}: the SPLADE student trains with "
+                              f"{' or '.join(SPARSE_LOSSES)} ({' / '.join(SPARSE_LOSSES.values())} inside "
+                              f"SpladeLoss)")
         refused = [name for name, on in (("in_batch_negatives", settings.in_batch_negatives > 0),
                                          ("embedding_distill", settings.embedding_distill > 0),
                                          ("matryoshka_dims", bool(settings.matryoshka_dims))) if on]
@@ -67,15 +71,13 @@ class SpladeObjective:
         return {}
 
     def build(self, model, rows) -> Objective:
-        from retrdistill.losses.distill import ListwiseKL
-
         o = self.student.options
         counts: dict[str, Any] = {**self.student.load_counts,
                                   "query_regularizer_weight": o.query_regularizer_weight,
                                   "document_regularizer_weight": o.document_regularizer_weight,
                                   "regularizer_warmup": o.regularizer_warmup,
                                   "regularizer_schedule": o.regularizer_schedule}
-        if isinstance(self.score_loss, ListwiseKL):
+        if self.loss_name == "listwise-kl":
             from sentence_transformers.sparse_encoder.losses import SparseDistillKLDivLoss
 
             temperature = float(self.score_loss.options.temperature)

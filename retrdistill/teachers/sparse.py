@@ -47,11 +47,11 @@ class SparseTeacher(Teacher):
     cache_dir: Path
 
     def setup(self) -> None:
-        from retrdistill.encoding.sparse import check_model_family
+        from retrdistill import families
         from retrdistill.indexers.sparse import SparseIndexer
 
         # a dense model named here fails before anything runs, pointing at the dense teacher
-        check_model_family(self.options.model, "sparse", "teacher 'sparse'", ["bi-encoder"])
+        families.check_model(self.options.model, "sparse", "teacher 'sparse'", ["bi-encoder"])
         self._indexer = SparseIndexer(SparseIndexer.Options(max_active_dims=self.options.max_active_dims))
         self._model = None
         self._row: dict[str, int] | None = None

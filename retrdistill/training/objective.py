@@ -68,13 +68,6 @@ class DistillObjective:
     """
 
     def __init__(self, loss, settings: ObjectiveSettings, inputs: TrainingInputs) -> None:
-        if getattr(loss, "student_family", "embedding") != "embedding":  # e.g. a ce-* loss: pair logits
-            from retrdistill.errors import ConfigError
-            from retrdistill.losses.cross_encoder import losses_for, registered_name
-
-            raise ConfigError(f"loss {registered_name(loss)!r} trains a {loss.student_family} student (pair "
-                              f"logits); this student compares embeddings and takes one of: "
-                              f"{', '.join(losses_for('embedding'))}")
         self.score_loss = loss
         self.settings = settings
         self.inputs_from = inputs

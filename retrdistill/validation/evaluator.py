@@ -6,8 +6,9 @@ corpus passages plus every held-out candidate, the same rows at every call) with
 :func:`retrdistill.encoding.engine.encode_texts`, with a progress bar), searches exactly, computes every
 metric part and returns ``{name: value}``; the trainer prefixes the names with ``eval_`` and picks the best
 checkpoint on the chosen one (``metric_for_best_model``). When no metric needs a corpus search only the
-held-out candidates are encoded. A sparse student (a ``SparseEncoder``: SPLADE) encodes through its own
-``encode_query`` / ``encode_document`` into sparse term vectors, searched by exact sparse dot products.
+held-out candidates are encoded. The student's family (:class:`retrdistill.parts.Family`) encodes and searches:
+a dense student into embeddings searched by inner product, a sparse one (SPLADE) through its own
+``encode_query`` / ``encode_document`` into term vectors searched by exact sparse dot products.
 """
 
 from __future__ import annotations
@@ -20,18 +21,11 @@ import numpy as np
 from sentence_transformers.base.evaluation import BaseEvaluator
 
 from retrdistill import progress
-from retrdistill.encoding.corpus import should_normalize
-from retrdistill.encoding.engine import encode_texts
 from retrdistill.validation.metrics import ValidationView
 
 log = logging.getLogger(__name__)
 
 
-def is_sparse_model(model) -> bool:
-    """Whether ``model`` is a sentence-transformers ``SparseEncoder`` (sparse term vectors, not embeddings)."""
-    from sentence_transformers import SparseEncoder
-
-    return isinstance(model, SparseEncoder)
 CORPUS_SLICE = 8192  # passages handed to the engine per call (bounded memory for the texts)
 
 
@@ -42,12 +36,16 @@ class LabelFreeEvaluator(BaseEvaluator):
     model before encoding (the train stage cuts it to ``truncate_dim`` as it will be saved). Every call is
     appended to :attr:`history` as ``{"step", "epoch", "metrics", "seconds"}``. ``teacher_top``: query id -> the
     teacher's top doc ids over the corpus, for metrics that read it (:meth:`ValidationMetric.teacher_depth`).
+    ``family``: the registered name of the student's family, which encodes and searches (default dense).
     """
 
     def __init__(self, groups: list, corpus, metrics: list, primary: str, *, batch_size: int = 64,
                  transform=None, corpus_sample: int | None = None, seed: int = 13,
-                 teacher_top: dict[str, list[str]] | None = None) -> None:
+                 teacher_top: dict[str, list[str]] | None = None, family: str = "dense") -> None:
+        from retrdistill import families
+
         super().__init__()
+        self.family = families.get(family)
         if not groups:
             raise ValueError("validation needs at least one held-out group")
         self.groups = list(groups)
@@ -95,24 +93,24 @@ class LabelFreeEvaluator(BaseEvaluator):
     def view(self, model) -> ValidationView:
         """The student's embeddings of the held-out queries and of the corpus (or of the candidates only)."""
         corpus = self.corpus
-        normalize = should_normalize(model)
-        queries = self._encode(model, [g.query for g in self.groups], "query", normalize)
+        queries = self._encode(model, [g.query for g in self.groups], "query")
         row = corpus.row_index()
         if any(m.search_depth() > 0 for m in self.metrics):
             if self.searched_rows is None:
-                passages = self._encode_rows(model, None, normalize, "validation: encoding the corpus")
+                passages = self._encode_rows(model, None, "validation: encoding the corpus")
                 return ValidationView(self.groups, queries, passages, row, None, corpus.ids_at,
-                                      teacher_top=self.teacher_top)
+                                      teacher_top=self.teacher_top, family=self.family)
             rows = self.searched_rows
-            passages = self._encode_rows(model, rows, normalize, "validation: encoding the corpus sample")
+            passages = self._encode_rows(model, rows, "validation: encoding the corpus sample")
             return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)},
                                   corpus.ids_at, searched_rows=np.asarray(rows, dtype=np.int64),
-                                  teacher_top=self.teacher_top)
+                                  teacher_top=self.teacher_top, family=self.family)
         rows = sorted({int(row[d]) for g in self.groups for d in g.docids})
-        passages = self._encode_rows(model, rows, normalize, "validation: encoding the candidates")
-        return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)}, corpus.ids_at)
+        passages = self._encode_rows(model, rows, "validation: encoding the candidates")
+        return ValidationView(self.groups, queries, passages, row, {r: i for i, r in enumerate(rows)}, corpus.ids_at,
+                              family=self.family)
 
-    def _encode_rows(self, model, rows: list[int] | None, normalize: bool, desc: str) -> np.ndarray:
+    def _encode_rows(self, model, rows: list[int] | None, desc: str) -> Any:
         """Embeddings of corpus ``rows`` in that order (None: the whole corpus in corpus order)."""
         n = len(self.corpus) if rows is None else len(rows)
         bar = progress.bar(n, desc, "passage")
@@ -121,24 +119,14 @@ class LabelFreeEvaluator(BaseEvaluator):
             for start in range(0, n, CORPUS_SLICE):
                 texts = (self.corpus.texts(start, min(n, start + CORPUS_SLICE)) if rows is None
                          else self.corpus.texts_at(rows[start:start + CORPUS_SLICE]))
-                parts.append(self._encode(model, texts, "document", normalize, on_progress=bar.update))
+                parts.append(self._encode(model, texts, "document", on_progress=bar.update))
         finally:
             bar.close()
-        if len(parts) == 1:
-            return parts[0]
-        if is_sparse_model(model):
-            import scipy.sparse as sp
+        return parts[0] if len(parts) == 1 else self.family.stack(parts)
 
-            return sp.vstack(parts, format="csr")
-        return np.concatenate(parts)
-
-    def _encode(self, model, texts: list[str], role: str, normalize: bool, on_progress=None):
-        """Dense embeddings (an array), or for a sparse model its ``role`` term vectors (a CSR matrix)."""
-        if is_sparse_model(model):
-            from retrdistill.encoding.sparse import encode_sparse
-
-            return encode_sparse(model, texts, role=role, batch_size=self.batch_size, on_progress=on_progress)
-        return encode_texts(model, texts, batch_size=self.batch_size, normalize=normalize, on_progress=on_progress)
+    def _encode(self, model, texts: list[str], role: str, on_progress=None):
+        """``texts`` as the student's family encodes them for ``role`` (an array, or a CSR matrix of term weights)."""
+        return self.family.encode(model, texts, role=role, batch_size=self.batch_size, on_progress=on_progress)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"groups": len(self.groups), "metrics": [m.fingerprint() for m in self.metrics],

@@ -22,7 +22,8 @@ CORRELATIONS = ("spearman", "kendall")
 @dataclass
 class ValidationView:
     """What a validation metric reads: the held-out ``groups``, the student's embeddings of their queries (row
-    i = group i) and of passages, and exact inner-product search over the whole corpus.
+    i = group i) and of passages, and exact search over the whole corpus
+    through the student's ``family``.
 
     ``passages``: embeddings of corpus rows; ``passage_row``: corpus row -> row of ``passages`` (None: the row
     numbers are the same, ``passages`` is the whole corpus in corpus order). ``doc_row``: doc id -> corpus row.
@@ -40,6 +41,7 @@ class ValidationView:
     corpus_ids: Any = None  # Callable[[list[int]], list[str]]
     searched_rows: np.ndarray | None = None
     teacher_top: list[list[str]] | None = None
+    family: Any = None  # the student's retrdistill.parts.Family (None: dense), which scores and searches encodings
     _ranked: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def candidate_scores(self, i: int) -> np.ndarray:
@@ -47,9 +49,7 @@ class ValidationView:
         rows = [int(self.doc_row[d]) for d in self.groups[i].docids]
         if self.passage_row is not None:
             rows = [self.passage_row[r] for r in rows]
-        if _is_sparse(self.passages):
-            return np.asarray((self.passages[rows] @ self.queries[i].T).toarray(), dtype=np.float32).ravel()
-        return self.passages[rows] @ self.queries[i]
+        return self._family().scores(self.queries[i:i + 1], self.passages[rows])[0]
 
     def search(self, k: int) -> np.ndarray:
         """Corpus rows of the top ``k`` per query over the whole corpus (``passage_row`` None) or over the
@@ -57,49 +57,18 @@ class ValidationView:
         if self.passage_row is not None and self.searched_rows is None:
             raise ValueError("a corpus search needs the whole corpus, or a searched part of it, encoded")
         if k not in self._ranked:
-            if _is_sparse(self.passages):
-                scores, rows = sparse_top_k(self.queries, self.passages, k)
-            else:
-                from retrdistill.encoding.search import exact_search
-
-                scores, rows = exact_search(self.queries, self.passages, k)
+            scores, rows = self._family().top_k(self.queries, self.passages, k)
             if self.searched_rows is not None:  # rows of ``passages`` -> corpus rows
                 rows = np.where(rows >= 0, np.asarray(self.searched_rows)[np.maximum(rows, 0)], -1)
             self._ranked[k] = (scores, rows)
         return self._ranked[k][1]
 
+    def _family(self) -> Any:
+        if self.family is None:
+            from retrdistill import families
 
-def _is_sparse(matrix: Any) -> bool:
-    import scipy.sparse as sp
-
-    return sp.issparse(matrix)
-
-
-SCORE_BLOCK_FLOATS = 1 << 24  # dense query x passage scores held at once by sparse_top_k (128 MB of float64)
-
-
-def sparse_top_k(queries, passages, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` ``(scores, rows)`` by sparse dot product (CSR ``queries`` x CSR ``passages``), best first,
-    ties by row, -1 where the corpus has fewer than ``k`` passages. The queries' dense score rows are made a
-    block at a time, at most ``SCORE_BLOCK_FLOATS`` scores, so memory stays bounded as the corpus grows."""
-    n, docs = queries.shape[0], passages.shape[0]
-    k_eff = min(k, docs)
-    scores = np.zeros((n, k), dtype=np.float32)
-    rows = np.full((n, k), -1, dtype=np.int64)
-    if k_eff == 0:
-        return scores, rows
-    by_term = passages.T.tocsr()
-    block = max(1, SCORE_BLOCK_FLOATS // max(1, docs))
-    for start in range(0, n, block):
-        dense = np.asarray((queries[start:start + block] @ by_term).toarray(), dtype=np.float64)
-        for j, row in enumerate(dense):
-            head = np.argpartition(-row, k_eff - 1)[:k_eff] if k_eff < docs else np.arange(docs)
-            cut = row[head].min()
-            head = np.flatnonzero(row >= cut)  # every passage tied with the k-th, so ties go by row
-            top = head[np.lexsort((head, -row[head]))][:k_eff]
-            scores[start + j, :k_eff] = row[top]
-            rows[start + j, :k_eff] = top
-    return scores, rows
+            self.family = families.get("dense")
+        return self.family
 
 
 def reciprocal_rank(ranked: list[str], positives: set[str], k: int) -> float:

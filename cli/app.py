@@ -18,6 +18,7 @@ from retrdistill.stages.index import IndexConfig
 from retrdistill.stages.mine import MineConfig
 from retrdistill.stages.pick import PickConfig
 from retrdistill.stages.queries import QueriesConfig
+from retrdistill.stages.rate_teachers import RateTeachersConfig
 from retrdistill.stages.score import ScoreConfig
 from retrdistill.stages.select import SelectConfig
 from retrdistill.stages.train import TrainConfig
@@ -220,6 +221,61 @@ def pick(
 
     _setup(quiet)
     _report(_run(lambda: prepare_pick(cfg, students, out).run(force=force)))
+
+
+CANDIDATE_FORM = "NAME=TEACHER[:JSON object of options]"
+
+
+def parse_candidate(spec: str) -> dict:
+    """One ``--candidate NAME=TEACHER[:JSON]`` as ``{"name", "teacher", "options"}``; OptionError naming what is
+    wrong."""
+    teachers = registry.names("teacher")
+
+    def bad(problem: str) -> OptionError:
+        return OptionError(f"--candidate {spec!r}: {problem}; expected {CANDIDATE_FORM}, e.g. 'BM25=bm25' or "
+                           f"'MiniLM=bi-encoder:{{\"model\": \"offline:all-MiniLM-L6-v2\"}}', with TEACHER one of: "
+                           f"{', '.join(teachers)}")
+
+    name, sep, rest = spec.partition("=")
+    if not sep or not name.strip():
+        raise bad("no NAME= before the teacher")
+    teacher, _, raw = rest.partition(":")
+    if teacher.strip() not in teachers:
+        raise bad(f"unknown teacher {teacher.strip()!r}")
+    try:
+        options = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise bad(f"the options are not valid JSON ({exc})") from None
+    if not isinstance(options, dict):
+        raise bad(f"the options must be a JSON object, got {type(options).__name__}")
+    return {"name": name.strip(), "teacher": teacher.strip(), "options": options}
+
+
+CANDIDATES = Custom(
+    annotation=Optional[list[str]],
+    option=typer.Option("--candidate", "--candidates", help=f"A candidate teacher, {CANDIDATE_FORM}; repeatable, two "
+                        "at least. Teachers: " + ", ".join(registry.names("teacher"))),
+    convert=lambda specs: [parse_candidate(spec) for spec in specs] if specs else None,
+)
+
+
+@config_command(app, RateTeachersConfig, name="rate-teachers", custom={"candidates": CANDIDATES})
+def rate_teachers(
+    cfg: RateTeachersConfig,
+    collection: Collection,
+    queries: Annotated[Path, typer.Option(help="Probe queries with known positives (output of `retrdistill queries`, "
+                                               "e.g. inverse cloze), never the test queries.")],
+    out: Annotated[Path, typer.Option(help="Output folder (choice.json: estimates, the pick or the weights).")],
+    cache_dir: Cache = DEFAULT_CACHE,
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Estimate candidate teachers on the corpus without labels (probe queries, agreement); pick one or weight
+    them."""
+    from retrdistill.stages.rate_teachers import run_rate_teachers
+
+    _setup(quiet)
+    _report(_run(run_rate_teachers, cfg, collection, queries, out, cache_dir=cache_dir, force=force))
 
 
 SYSTEM_FORM = "NAME=TYPE[:JSON object of options]"
@@ -446,7 +502,7 @@ def serve_llm(
 
 @app.command("list")
 def list_parts() -> None:
-    """List every registered query source, miner, teacher, loss, student, indexer and eval system."""
+    """List every registered query source, miner, teacher, loss, student, indexer, model family and eval system."""
     for kind, parts in registry.describe().items():
         typer.echo(f"{kind}:")
         for part in parts:

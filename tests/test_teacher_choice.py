@@ -177,3 +177,25 @@ def test_the_teacher_miner_retrieves_as_its_teacher(picked, small_collection, tm
     assert "rate" in pipeline.steps["neg"].upstream
     order = [p.id for p in plan_pipeline(pipeline)]
     assert order.index("rate") < order.index("neg")
+
+
+def test_rate_teachers_on_the_command_line(small_collection, tmp_path):
+    from typer.testing import CliRunner
+
+    from retrdistill.cli.app import app
+
+    cache = tmp_path / "cache"
+    runner = CliRunner()
+    probe = tmp_path / "probe"
+    done = runner.invoke(app, ["queries", "--collection", str(small_collection), "--out", str(probe),
+                               "--cache-dir", str(cache), "--option", "num_queries=12", "--option", "seed=5", "--quiet"])
+    assert done.exit_code == 0, done.output
+    args = ["rate-teachers", "--collection", str(small_collection), "--queries", str(probe), "--out",
+            str(tmp_path / "rate"), "--cache-dir", str(cache), "--quiet", "--candidate", "bm25=bm25",
+            "--candidate", f'tiny=bi-encoder:{{"model": "{TINY}", "max_seq_length": 48}}']
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    choice = json.loads((tmp_path / "rate" / "choice.json").read_text())
+    assert set(choice["estimate"]) == {"bm25", "tiny"} and choice["picked"] == choice["ranking"][0]
+    bad = runner.invoke(app, [*args[:-1], "tiny=bi-encoders"])
+    assert bad.exit_code != 0 and "unknown teacher 'bi-encoders'" in bad.output and "bi-encoder, sparse" in bad.output

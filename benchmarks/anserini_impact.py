@@ -50,9 +50,9 @@ def main() -> None:
     from retrdistill.artefacts import write_json_atomic
     from retrdistill.data.beir import open_collection
     from retrdistill.evaluation.leaderboard import load_leaderboard
-    from retrdistill.indexers.anserini_export import export_anserini
+    from retrdistill.lucene.export import export_anserini
     from retrdistill.indexers.sparse import SparseIndexer
-    from retrdistill.miners.lucene import anserini_jar
+    from retrdistill.lucene.runtime import anserini_jar
     from retrdistill.stages.evaluate import EvalConfig, run_eval
     from retrdistill.stages.index import IndexConfig, run_index
 

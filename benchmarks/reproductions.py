@@ -84,7 +84,7 @@ def unavailable(row: dict[str, Any]) -> str | None:
     if not row.get("runnable", True):
         return "not runnable: " + str(row.get("why_different", "no eval system implements this setting"))
     if row.get("needs") == "lucene":
-        from retrdistill.miners.lucene import lucene_unavailable
+        from retrdistill.lucene.runtime import lucene_unavailable
 
         reason = lucene_unavailable()
         if reason:

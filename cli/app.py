@@ -363,7 +363,7 @@ def export_anserini_(
     quiet: Quiet = False,
 ) -> None:
     """Export a sparse (SPLADE) index as Anserini's JsonVectorCollection, for Lucene impact search."""
-    from retrdistill.indexers.anserini_export import export_anserini
+    from retrdistill.lucene.export import export_anserini
 
     _setup(quiet)
     result = _run(export_anserini, source, out, collection=collection, cache_dir=cache_dir, factor=factor,

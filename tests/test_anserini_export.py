@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from killing import run_until_marker_then_kill
 
 from retrdistill.errors import ConfigError, DataError
-from retrdistill.miners.lucene import lucene_unavailable
+from retrdistill.lucene.runtime import lucene_unavailable
 
 MODEL = "offline:tiny-bert-mlm"
 SEQ = 32
@@ -67,7 +67,7 @@ def _tokens():
 # ------------------------------------------------------------------ the export
 def test_export_round_trips_every_passage(sparse_index, postings, tmp_path, monkeypatch):
     from retrdistill.artefacts import read_manifest
-    from retrdistill.indexers import anserini_export
+    from retrdistill.lucene import export as anserini_export
 
     monkeypatch.setattr(anserini_export, "BLOCK_POSTINGS", 997)  # many doc-major blocks, none aligned to a file
     result = anserini_export.export_anserini(sparse_index, tmp_path / "export", factor=100, docs_per_file=100)
@@ -104,7 +104,7 @@ def test_export_round_trips_every_passage(sparse_index, postings, tmp_path, monk
 
 
 def test_export_from_the_model_equals_export_from_its_index(sparse_index, small_collection, small_cache, tmp_path):
-    from retrdistill.indexers.anserini_export import export_anserini
+    from retrdistill.lucene.export import export_anserini
 
     export_anserini(sparse_index, tmp_path / "a")
     export_anserini(MODEL, tmp_path / "b", collection=small_collection, cache_dir=small_cache, max_seq_length=SEQ)
@@ -131,7 +131,7 @@ def test_the_cli_command_exports_and_reports_errors(sparse_index, tmp_path):
 
 def test_doc_major_blocks_transpose_any_layout():
     """Random term-major postings (empty terms and passages included) against scipy's transpose."""
-    from retrdistill.indexers.anserini_export import doc_major_blocks
+    from retrdistill.lucene.export import doc_major_blocks
     from retrdistill.indexers.sparse import SparseIndex
 
     rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def test_doc_major_blocks_transpose_any_layout():
 
 
 def test_bad_requests_fail_clearly(sparse_index, small_collection, small_cache, tmp_path):
-    from retrdistill.indexers.anserini_export import export_anserini, term_names
+    from retrdistill.lucene.export import export_anserini, term_names
 
     with pytest.raises(ConfigError, match="factor must be a positive number"):
         export_anserini(sparse_index, tmp_path / "x", factor=0)
@@ -180,7 +180,7 @@ def test_bad_requests_fail_clearly(sparse_index, small_collection, small_cache, 
 def test_a_failed_or_killed_export_leaves_the_last_one_whole(sparse_index, tmp_path):
     import shutil
 
-    from retrdistill.indexers.anserini_export import export_anserini
+    from retrdistill.lucene.export import export_anserini
 
     out = tmp_path / "export"
     export_anserini(sparse_index, out, docs_per_file=100)
@@ -197,7 +197,7 @@ def test_a_failed_or_killed_export_leaves_the_last_one_whole(sparse_index, tmp_p
     run_until_marker_then_kill(textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from retrdistill.indexers import anserini_export as ae
+        from retrdistill.lucene import export as ae
         blocks = ae.doc_major_blocks
         def slow(index, size):
             for i, block in enumerate(blocks(index, size)):
@@ -218,7 +218,7 @@ def test_a_failed_or_killed_export_leaves_the_last_one_whole(sparse_index, tmp_p
 # ------------------------------------------------------------------ Lucene impact search
 def _embedded_quantised(index, model, texts: list[str], factor: float, query_factor: float, k: int):
     """The embedded inverted index searched with the same quantised weights: ``[[(row, score)]]``."""
-    from retrdistill.indexers.anserini_export import quantise
+    from retrdistill.lucene.export import quantise
     from retrdistill.indexers.sparse import SparseIndex, SparseIndexer
 
     indexer = SparseIndexer()

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from retrdistill.miners.lucene import lucene_unavailable
+from retrdistill.lucene.runtime import lucene_unavailable
 
 
 pytestmark = pytest.mark.skipif(lucene_unavailable() is not None, reason=f"Lucene BM25 unavailable: {lucene_unavailable()}")
@@ -33,7 +33,7 @@ def _overlap(a, b, k: int) -> float:
 
 def test_lucene_bm25_agrees_with_bm25s_on_the_sample(sample, record_property):
     from retrdistill.miners.bm25 import BM25Miner
-    from retrdistill.miners.lucene import LuceneBM25Miner
+    from retrdistill.lucene.bm25 import LuceneBM25Miner
 
     corpus, queries, cache = sample
     lucene = LuceneBM25Miner(LuceneBM25Miner.Options(k1=1.5, b=0.75), corpus=corpus, cache_dir=cache)
@@ -73,7 +73,7 @@ def test_lucene_system_on_the_leaderboard(small_collection, tmp_path):
 
 def test_odd_ids_and_texts_survive(tmp_path):
     from retrdistill.data.beir import load_corpus
-    from retrdistill.miners.lucene import LuceneBM25Miner
+    from retrdistill.lucene.bm25 import LuceneBM25Miner
 
     docs = [{"_id": "doc#1/a", "title": "", "text": "the synapse passes a signal between neurons"},
             {"_id": "Q0", "title": "Heart", "text": "the heart\u2028pumps blood\tthrough the body"},

@@ -4,8 +4,8 @@ For a leaderboard row beside the embedded ``sparse`` index: the same document ve
 (``round(w * factor)``), indexed by Anserini's ``IndexCollection -collection JsonVectorCollection -impact
 -pretokenized`` and searched by ``SearchCollection -impact -pretokenized`` with the queries quantised the same
 way (``query_factor``) and written as pretokenized topics (each term repeated its weight times; see
-:mod:`retrdistill.indexers.anserini_export`). Anserini runs from pyserini's jar in a Java subprocess, found as
-the ``lucene-bm25`` system finds it (:mod:`retrdistill.miners.lucene`; the ``[lucene]`` extra).
+:mod:`retrdistill.lucene.export`). Anserini runs from pyserini's jar in a Java subprocess, found as
+the ``lucene-bm25`` system finds it (:mod:`retrdistill.lucene.runtime`; the ``[lucene]`` extra).
 
 ``path`` is a sparse index folder (the index stage's; on another corpus than the evaluated one, its model
 encodes that corpus) or a sparse model (a SparseEncoder folder, a masked-LM checkpoint, ``offline:NAME``),
@@ -38,10 +38,10 @@ import numpy as np
 
 from retrdistill.artefacts import atomic_dir, atomic_path, fingerprint_obj, write_json_atomic
 from retrdistill.errors import ConfigError
-from retrdistill.indexers.anserini_export import (TERM_MODES, ExportSettings, check_factor, exact_scores,
+from retrdistill.lucene.export import (TERM_MODES, ExportSettings, check_factor, exact_scores,
                                                  index_source, model_postings, quantise_query, query_topic,
                                                  term_names, vocabulary_tokens, write_vectors)
-from retrdistill.miners.lucene import anserini_jar, anserini_version, run_java
+from retrdistill.lucene.runtime import anserini_jar, anserini_version, run_java
 from retrdistill.parts import EvalSystem
 
 log = logging.getLogger(__name__)

@@ -151,9 +151,9 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         ("teacher", "retrdistill.systems:TeacherSystem", "a registered teacher as a retriever (re-ranks BM25 if a cross-encoder)"),
         ("run", "retrdistill.systems:TrecRunSystem", "a TREC run file from another tool (pyserini, Anserini, ...)"),
         ("fusion", "retrdistill.systems:FusedSystem", "systems listed before it fused with ranx (rrf, combsum, wsum, ...)"),
-        ("translated", "retrdistill.translation.system:TranslatedSystem",
+        ("translated", "retrdistill.systems.translated:TranslatedSystem",
          "queries translated first (cached), then another system (translate-then-retrieve)"),
-        ("rerank", "retrdistill.evaluation.rerank_system:RerankSystem",
+        ("rerank", "retrdistill.systems.rerank:RerankSystem",
          "a system listed before it, its top k re-ranked by a cross-encoder or any registered teacher"),
     ]),
     "filter": _entries("filter", [

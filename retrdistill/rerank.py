@@ -5,7 +5,7 @@ Two entry points share :func:`rerank_run`:
 * the Python API: ``Retriever.load(index).rerank_with(model, depth=100)`` returns a :class:`RerankingRetriever`
   with the retriever's ``search`` / ``batch_search``; ``model`` is a cross-encoder reference (a path such as a
   trained student's ``model/`` folder, ``offline:NAME``, a hub name) or a loaded ``CrossEncoder``;
-* the eval system ``rerank`` (:mod:`retrdistill.evaluation.rerank_system`): the run of a system listed before it,
+* the eval system ``rerank`` (:mod:`retrdistill.systems.rerank`): the run of a system listed before it,
   re-ranked by any registered teacher (a cross-encoder student, a bi-encoder, a fusion).
 
 The re-ranked passages come first, in the re-ranker's order and with its scores; passages the first stage

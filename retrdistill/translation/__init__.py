@@ -6,5 +6,5 @@
   or path;
 * :mod:`retrdistill.translation.cache`: every translation cached on disk, keyed on (translator fingerprint,
   source text hash), so a re-run or a killed run translates nothing twice;
-* :mod:`retrdistill.translation.system`: an eval system that translates the queries, then runs another system.
+* :mod:`retrdistill.systems.translated`: an eval system that translates the queries, then runs another system.
 """

@@ -1,4 +1,6 @@
-"""Retrieval systems for evaluation rows: BM25, a dense model, a saved index, or the pipeline's teacher.
+"""Retrieval systems for evaluation rows: BM25, a dense model, a saved index, or the pipeline's teacher; beside
+them in this package, a system's run re-ranked (:mod:`.rerank`) and queries translated first (:mod:`.translated`).
+Lucene's systems live with the rest of Lucene (:mod:`retrdistill.lucene`).
 
 Each system returns a run for the evaluation queries and the cost measured on this machine in the same call:
 ``ms_per_query`` (query encoding + search, averaged over the queries), ``encode_passages_per_s`` (a fixed sample of

@@ -61,7 +61,7 @@ def main() -> None:
     from retrdistill.artefacts import fingerprint_obj, write_json_atomic
     from retrdistill.data.beir import open_collection
     from retrdistill.evaluation import evaluate
-    from retrdistill.teachers.cache import SCORES_FILE, CachedScorer, ScoreCache
+    from retrdistill.score_cache import SCORES_FILE, CachedScorer, ScoreCache
     from retrdistill.teachers.ensemble import normalise
 
     progress.enable()

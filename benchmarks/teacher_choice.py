@@ -52,7 +52,8 @@ def main() -> int:
     from retrdistill.evaluation import evaluate
     from retrdistill.pipeline import load_pipeline
     from retrdistill.stages.queries import run_queries
-    from retrdistill.stages.rate_teachers import read_choice, run_rate_teachers
+    from retrdistill.kinds import read_choice
+    from retrdistill.stages.rate_teachers import run_rate_teachers
 
     pipeline = load_pipeline(args.pipeline.resolve())
     probe_step, rate_step = pipeline.steps[args.probe], pipeline.steps[args.rate]

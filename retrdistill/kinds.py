@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retrdistill.artefacts import atomic_path
+from retrdistill.artefacts import atomic_path, upstream
 from retrdistill.errors import ConfigError, DataError
 
 
@@ -202,3 +202,13 @@ def _rows(path: Path, expected: str, make) -> Iterator:
 # ------------------------------------------------------------------ student
 def student_model(folder: str | Path) -> Path:
     return Path(folder) / "model"
+
+
+# ------------------------------------------------------------------ teacher-choice
+CHOICE_FILE = "choice.json"
+
+
+def read_choice(folder: str | Path) -> dict:
+    """The ``choice.json`` of a finished ``teacher-choice`` artefact (signals, estimates, pick or weights)."""
+    upstream(folder, "teacher-choice")
+    return json.loads((Path(folder) / CHOICE_FILE).read_text(encoding="utf-8"))

@@ -650,3 +650,21 @@ def load_cross_encoder(ref: str, *, device: str | None = None, trust_remote_code
     from sentence_transformers import CrossEncoder
 
     return CrossEncoder(resolve_model(ref), device=device, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def models_by_content(options: Any) -> Any:
+    """``options`` with every string option named ``model``, at any depth of dicts and lists, replaced by the
+    content fingerprint of that model (so a model retrained at the same path changes what keys on it), and every
+    absolute path of a finished artefact folder by its manifest's fingerprint (content, not location)."""
+    if isinstance(options, dict):
+        return {key: model_fingerprint(value) if key == "model" and isinstance(value, str) else models_by_content(value)
+                for key, value in options.items()}
+    if isinstance(options, (list, tuple)):
+        return [models_by_content(value) for value in options]
+    if isinstance(options, str) and options.startswith("/"):  # an artefact folder (an "@step" reference): by content
+        from retrdistill.artefacts import read_manifest
+
+        manifest = read_manifest(options) if Path(options).is_dir() else None
+        if manifest is not None:
+            return {"artefact": manifest.fingerprint}
+    return options

@@ -100,7 +100,7 @@ class QuerySource(Part):
     """Writes the training queries and their positives (artefact kind ``queries``)."""
 
     @abstractmethod
-    def generate(self, collection) -> Any:  # -> retrdistill.data.pseudo_queries.TrainingQueries
+    def generate(self, collection) -> Any:  # -> retrdistill.kinds.TrainingQueries
         ...
 
     def input_files(self) -> list[Path]:
@@ -191,7 +191,7 @@ class Teacher(Part):
 
     def members(self) -> list["Teacher"]:
         """The teachers whose scores this one combines per query (an ensemble). Whoever scores through the score
-        cache (:class:`retrdistill.teachers.cache.CachedScorer`) then caches each member under its own
+        cache (:class:`retrdistill.score_cache.CachedScorer`) then caches each member under its own
         fingerprint and calls :meth:`combine` on whole groups. None for a teacher that scores pairs itself."""
         return []
 

@@ -69,7 +69,7 @@ def test_killed_scoring_resumes_from_cache_and_matches_an_uninterrupted_run(smal
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from retrdistill.teachers.cache import ScoreCache
+        from retrdistill.score_cache import ScoreCache
         from retrdistill.stages.score import ScoreConfig, run_score
 
         put, calls = ScoreCache.put, []

@@ -94,7 +94,7 @@ def test_the_scan_sees_imports_of_every_form():
     graph = import_graph()
     assert "retrdistill.parts" in graph["retrdistill.registry"]  # function-local: from retrdistill.parts import ...
     assert "retrdistill.registry" in graph["retrdistill.stages.index"]  # from retrdistill import registry
-    assert "retrdistill.kinds" in graph["retrdistill.data.pseudo_queries"]  # module level
+    assert "retrdistill.kinds" in graph["retrdistill.pseudo_queries"]  # module level
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -112,3 +112,34 @@ def test_the_contract_floor_imports_nothing_above_it():
     assert FLOOR <= set(graph), sorted(FLOOR - set(graph))
     upward = {m: sorted(graph[m] - FLOOR - {FACADE}) for m in sorted(FLOOR) if graph[m] - FLOOR - {FACADE}}
     assert not upward, f"floor modules importing from above the floor: {upward}"
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same imports between the library's packages (``retrdistill.X`` for every module under ``X/``) and its
+    top-level modules."""
+    def package(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else module
+
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        if module == FACADE:
+            continue
+        here = package(module)
+        out.setdefault(here, set()).update(package(t) for t in targets if package(t) != here and t != FACADE)
+    return out
+
+
+def test_no_circle_between_packages():
+    """A package (``families/``, ``teachers/``, ``stages/``, ...) and the modules it reaches never reach back
+    into it: each package sits on its own layer."""
+    modules = import_graph()
+    graph = package_graph(modules)
+    found = circles(graph)
+    detail = [" -> ".join(group) + ": " + "; ".join(
+        f"{a} imports {b}" for a in sorted(modules) for b in sorted(modules[a])
+        if a != FACADE and b != FACADE and any(a == g or a.startswith(g + ".") for g in group)
+        and any(b == g or b.startswith(g + ".") for g in group)
+        and not any(a.startswith(g + ".") or a == g for g in group if b == g or b.startswith(g + ".")))
+        for group in found]
+    assert not found, "circles between packages:\n" + "\n".join(detail)

@@ -98,7 +98,7 @@ def scored(small_collection, small_cache, tmp_path_factory):
 
 
 def test_whole_sentence_queries_are_sentences_of_their_passage(scored, small_collection, small_cache):
-    from retrdistill.data.pseudo_queries import InverseClozeGenerator
+    from retrdistill.pseudo_queries import InverseClozeGenerator
     from retrdistill.kinds import read_queries
 
     corpus = open_collection(small_collection, small_cache / "corpora").corpus
@@ -167,7 +167,8 @@ def test_the_chosen_teacher_lends_its_picks_embeddings(small_teacher_pick, small
     from retrdistill.errors import ConfigError
     from retrdistill.losses.embedding import EmbeddingOptions, teacher_for_embeddings
     from retrdistill.stages.queries import QueriesConfig, run_queries
-    from retrdistill.stages.rate_teachers import RateTeachersConfig, read_choice, run_rate_teachers
+    from retrdistill.kinds import read_choice
+    from retrdistill.stages.rate_teachers import RateTeachersConfig, run_rate_teachers
 
     corpus = open_collection(small_collection, small_cache / "corpora").corpus
     assert read_choice(small_teacher_pick)["picked"] == "bm25"

@@ -90,7 +90,7 @@ def test_listwise_teacher_through_the_score_stage(small_collection, tmp_path):
     # a group that gains a pair is re-ranked whole: its scores stay one permutation, not old ranks plus a new one
     corpus = open_collection(small_collection, cache / "corpora").corpus
     teacher = registry.build("teacher", "llm-listwise", options, corpus=corpus, cache_dir=cache)
-    from retrdistill.teachers.cache import SCORES_FILE, CachedScorer
+    from retrdistill.score_cache import SCORES_FILE, CachedScorer
 
     scorer = CachedScorer(cache / SCORES_FILE)
     g = groups[0]

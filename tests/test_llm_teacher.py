@@ -20,7 +20,7 @@ from retrdistill.kinds import read_scores
 from retrdistill.stages.mine import MineConfig, run_mine
 from retrdistill.stages.queries import QueriesConfig, run_queries
 from retrdistill.stages.score import ScoreConfig, run_score
-from retrdistill.teachers.cache import SCORES_FILE, ScoreCache
+from retrdistill.score_cache import SCORES_FILE, ScoreCache
 from retrdistill.teachers.ensemble import normalise
 
 SMALL_LLM = "offline:smollm2-135m-instruct"

@@ -46,7 +46,7 @@ def test_inverse_cloze_shards_merge_into_the_unsharded_artefact(small_collection
 
 def test_a_source_not_known_to_be_deterministic_refuses_a_shard(small_collection, tmp_path):
     from retrdistill.data.beir import open_collection
-    from retrdistill.data.pseudo_queries import TrainingQueries
+    from retrdistill.pseudo_queries import TrainingQueries
     from retrdistill.parts import QuerySource
 
     class Drawn(QuerySource):  # e.g. a source that samples differently each run
@@ -63,7 +63,7 @@ def test_a_source_not_known_to_be_deterministic_refuses_a_shard(small_collection
 
 def test_llm_combine_drops_duplicates_across_shards_in_the_unsharded_order(tmp_path):
     from retrdistill import registry
-    from retrdistill.data.pseudo_queries import TrainingQueries
+    from retrdistill.pseudo_queries import TrainingQueries
 
     source = registry.build("query_generator", "llm", {"llm_options": {"model": SMOL}, "queries_per_passage": 2,
                                                         "temperature": 0.5}, cache_dir=tmp_path)

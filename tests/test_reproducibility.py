@@ -18,7 +18,7 @@ import pytest
 from retrdistill.artefacts import FORMAT_VERSION, MANIFEST
 from retrdistill.errors import ManifestError
 from retrdistill.pipeline import load_pipeline, run_pipeline
-from retrdistill.stages.base import upstream
+from retrdistill.artefacts import upstream
 
 pytestmark = pytest.mark.slow
 

@@ -247,7 +247,7 @@ def test_killed_reranked_mining_rescores_nothing_already_cached(mined, small_col
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from retrdistill.teachers.cache import ScoreCache
+        from retrdistill.score_cache import ScoreCache
         from retrdistill.stages.mine import MineConfig, run_mine
 
         put, calls = ScoreCache.put, []

@@ -9,7 +9,7 @@ A corpus is encoded once per (model, corpus, settings) into ``cache_dir/sparse/<
    killed build resumes at the first missing shard and memory holds one shard at a time;
 2. when every shard exists, the term-major posting lists (term -> passage rows and weights, the CSC layout of
    the BM25 index) are scattered into memory-mapped ``.npy`` files by
-   :func:`retrdistill.indexers.postings.write_term_major` in a per-writer temporary folder, then renamed into
+   :func:`retrdistill.encoding.postings.write_term_major` in a per-writer temporary folder, then renamed into
    place; ``meta.json`` is written last and the shards removed.
 
 Concurrent writers of one folder are safe as they are for dense embeddings (a
@@ -185,7 +185,7 @@ def _build_postings(model, model_ref: str, corpus, folder: Path, settings: Spars
     """Encode the missing shards, then scatter them into postings in this writer's own temporary folder and
     rename the files into place and write ``meta.json``, unless another writer finished first (then its
     postings stand and this one's work is dropped)."""
-    from retrdistill.indexers.postings import write_term_major
+    from retrdistill.encoding.postings import write_term_major
 
     meta_path = folder / "meta.json"
     shards = folder / f"shards-{settings.shard_size}"

@@ -106,7 +106,7 @@ class LLMQueries(QuerySource):
                                 seed=o.seed + sample, stop=("\n",))
 
     def fingerprint(self) -> dict[str, Any]:
-        from retrdistill.systems import models_by_content
+        from retrdistill.models import models_by_content
 
         opts = asdict(self.options)
         opts.pop("llm_options")  # the client's fingerprint says what of them matters

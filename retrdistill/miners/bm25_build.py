@@ -10,7 +10,7 @@ bm25s's own tokenizer and scoring functions, holding one chunk of passages at a 
 2. compute the idf of every term (bm25s's formula for the method), then for each chunk compute the BM25 weight
    of every (passage, term) and scatter it into the term-major (CSC) arrays ``data`` / ``indices``, which are
    memory-mapped ``.npy`` files in the output folder: they *are* the index (the scatter is
-   :func:`retrdistill.indexers.postings.write_term_major`, shared with the sparse index).
+   :func:`retrdistill.encoding.postings.write_term_major`, shared with the sparse index).
 
 Memory above the index: the vocabulary (grows with distinct terms, not passages), a few arrays of vocabulary
 size, and one chunk. Temporary chunk files (12 bytes per (passage, term) pair) are deleted at the end.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from retrdistill import progress
-from retrdistill.indexers.postings import write_term_major
+from retrdistill.encoding.postings import write_term_major
 
 log = logging.getLogger(__name__)
 STREAMED_METHODS = ("robertson", "lucene", "atire")

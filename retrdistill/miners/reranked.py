@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from retrdistill import registry
 from retrdistill.parts import Hits, Miner
-from retrdistill.teachers.cache import SCORES_FILE, CachedScorer
+from retrdistill.score_cache import SCORES_FILE, CachedScorer
 
 log = logging.getLogger(__name__)
 

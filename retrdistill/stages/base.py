@@ -70,23 +70,6 @@ def _field_default(f: dataclasses.Field) -> Any:
     return None if f.default is dataclasses.MISSING else f.default
 
 
-def upstream(folder: str | Path, kind: str | tuple[str, ...]) -> Manifest:
-    """The manifest of a finished artefact of ``kind`` (one kind or several accepted), or a clear error."""
-    folder = Path(folder)
-    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise ManifestError(f"{folder}: no finished {' or '.join(kinds)} artefact here (no manifest.json); "
-                            f"run the step that writes it first")
-    if manifest.kind not in kinds:
-        raise ManifestError(f"{folder}: holds a {manifest.kind!r} artefact, expected {' or '.join(map(repr, kinds))}")
-    bad = verify_outputs(folder, manifest)
-    if bad:
-        raise ManifestError(f"{folder}: files changed since the manifest was written: {', '.join(bad[:5])}; "
-                            f"rerun the step that wrote it")
-    return manifest
-
-
 def file_input(path: str | Path) -> str:
     return fingerprint_path(path)
 

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrdistill.artefacts import Manifest, atomic_path
+from retrdistill.artefacts import Manifest, atomic_path, upstream
 from retrdistill.errors import ConfigError, DataError, ManifestError
 from retrdistill.shards import SHARD_LAYOUT, Shard, parse_shard, shard_file
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, upstream
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def prepare_merge(shard_dirs: list[str | Path], out_dir: str | Path, *, cache_di
             main = Path(cache_dir) / "scores.sqlite"
             parts = [p for p in (shard_file(main, s) for s in shards.shards) if p.is_file()]
             if parts:
-                from retrdistill.teachers.cache import merge_caches
+                from retrdistill.score_cache import merge_caches
 
                 counts["cache_rows_merged"] = merge_caches(main, parts)
         log.info("merge: %d %s shards of %s -> %s", len(shards.dirs), shards.kind, shards.stage, out_dir)
@@ -170,7 +170,7 @@ def _merge_queries(shards: ShardSet, tmp: Path, *, cache_dir: str | Path | None,
     """The shards' queries combined by their source, leak-checked over the whole, written as the unsharded step."""
     from retrdistill import registry
     from retrdistill.data.beir import open_collection
-    from retrdistill.data.pseudo_queries import check_no_eval_leak
+    from retrdistill.pseudo_queries import check_no_eval_leak
     from retrdistill.kinds import read_queries, write_queries
     from retrdistill.stages.queries import eval_queries
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import atomic_path, fingerprint_obj
+from retrdistill.artefacts import atomic_path, fingerprint_obj, upstream
 from retrdistill.data.beir import open_collection
 from retrdistill.kinds import EXTRA_PASSAGES, CandidateGroup, candidate_row, read_queries
 from retrdistill.llm.passages import PREFIX as GENERATED_PREFIX, write_passages
 from retrdistill.shards import SHARD_HELP, SHARD_LAYOUT, parse_shard, shard_rows
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config, upstream
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config
 from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrdistill.artefacts import Manifest, write_json_atomic
+from retrdistill.artefacts import Manifest, write_json_atomic, upstream
 from retrdistill.errors import ConfigError
-from retrdistill.stages.base import StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.stages.base import StageSpec, StepInput, Work, config_dict
 
 log = logging.getLogger(__name__)
 

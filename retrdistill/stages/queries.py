@@ -15,7 +15,7 @@ from typing import Any
 
 from retrdistill import registry
 from retrdistill.data.beir import Collection, open_collection
-from retrdistill.data.pseudo_queries import check_no_eval_leak
+from retrdistill.pseudo_queries import check_no_eval_leak
 from retrdistill.kinds import write_queries
 from retrdistill.shards import SHARD_HELP, parse_shard
 from retrdistill.artefacts import fingerprint_obj

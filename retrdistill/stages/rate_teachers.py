@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import fingerprint_obj, write_json_atomic
+from retrdistill.artefacts import fingerprint_obj, upstream, write_json_atomic
+from retrdistill.kinds import CHOICE_FILE
 from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError
 from retrdistill.kinds import read_queries
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 
 log = logging.getLogger(__name__)
-CHOICE_FILE = "choice.json"
 SELECTS = ("pick", "weights")
 SIGNALS = ("pseudo-mrr@10", "agreement@10")
 
@@ -186,12 +186,6 @@ def prepare_rate_teachers(cfg: RateTeachersConfig, collection_dir: str | Path, q
                 **({"weights": choice["weights"]} if "weights" in choice else {})}
 
     return Work("rate-teachers", "teacher-choice", Path(out_dir), config, inputs, body, settings=config_dict(cfg))
-
-
-def read_choice(folder: str | Path) -> dict[str, Any]:
-    """The ``choice.json`` of a finished ``teacher-choice`` artefact."""
-    upstream(folder, "teacher-choice")
-    return json.loads((Path(folder) / CHOICE_FILE).read_text(encoding="utf-8"))
 
 
 STAGE = StageSpec(

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import atomic_path, fingerprint_obj
+from retrdistill.artefacts import atomic_path, fingerprint_obj, upstream
 from retrdistill.data.beir import open_collection
 from retrdistill.kinds import EXTRA_PASSAGES, ScoredGroup, count_rows, read_candidates, scored_row
 from retrdistill.llm.passages import passages_file, with_generated
 from retrdistill.shards import SHARD_HELP, SHARD_LAYOUT, parse_shard, shard_file, shard_rows, take_rows
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config, upstream
-from retrdistill.teachers.cache import CachedScorer, ScoreCache, score_through_cache
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, keyed_part_config
+from retrdistill.score_cache import CachedScorer, ScoreCache, score_through_cache
 from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import atomic_path, fingerprint_obj
+from retrdistill.artefacts import atomic_path, fingerprint_obj, upstream
 from retrdistill.kinds import EXTRA_PASSAGES, ScoredGroup, count_rows, read_scores, scored_row
 from retrdistill.parts import CandidateFilter, FilterView
-from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict, upstream
+from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 from retrdistill.validate import check_ranges
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import registry
-from retrdistill.artefacts import fingerprint_obj
+from retrdistill.artefacts import fingerprint_obj, upstream
 from retrdistill.errors import ConfigError
 from retrdistill.stages.base import (
     StageResult,
@@ -51,7 +51,6 @@ from retrdistill.stages.base import (
     config_dict,
     distributed_rank,
     keyed_part_config,
-    upstream,
 )
 from retrdistill.validate import check_ranges
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from retrdistill import progress, registry
-from retrdistill.artefacts import atomic_path, fingerprint_obj
+from retrdistill.artefacts import atomic_path, fingerprint_obj, upstream
 from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError, DataError
 from retrdistill.kinds import EXTRA_PASSAGES, count_rows, read_scores, scored_row
@@ -46,7 +46,6 @@ from retrdistill.stages.base import (
     config_dict,
     file_input,
     keyed_part_config,
-    upstream,
 )
 from retrdistill.translation.cache import TranslationCache, translate_cached
 from retrdistill.validate import check_ranges

@@ -22,6 +22,7 @@ import numpy as np
 
 from retrdistill.data.beir import Corpus
 from retrdistill.errors import ConfigError
+from retrdistill.models import models_by_content
 from retrdistill.parts import EvalSystem, Run
 
 COST_SAMPLE = 256  # passages timed for encode_passages_per_s
@@ -34,26 +35,6 @@ class SystemOutput:
     provenance: dict[str, str] = field(default_factory=dict)
     validation: dict[str, Any] | None = None  # a trained student's recorded validation curve (the row carries it)
     negatives: dict[str, Any] | None = None  # what a trained student's negatives were (evaluation.mining)
-
-
-def models_by_content(options: Any) -> Any:
-    """``options`` with every string option named ``model``, at any depth of dicts and lists, replaced by the
-    content fingerprint of that model (so a model retrained at the same path changes what keys on it), and every
-    absolute path of a finished artefact folder by its manifest's fingerprint (content, not location)."""
-    from retrdistill.models import model_fingerprint
-
-    if isinstance(options, dict):
-        return {key: model_fingerprint(value) if key == "model" and isinstance(value, str) else models_by_content(value)
-                for key, value in options.items()}
-    if isinstance(options, (list, tuple)):
-        return [models_by_content(value) for value in options]
-    if isinstance(options, str) and options.startswith("/"):  # an artefact folder (an "@step" reference): by content
-        from retrdistill.artefacts import read_manifest
-
-        manifest = read_manifest(options) if Path(options).is_dir() else None
-        if manifest is not None:
-            return {"artefact": manifest.fingerprint}
-    return options
 
 
 class OptionsSystem(EvalSystem):

@@ -46,7 +46,7 @@ class ChosenTeacher(Teacher):
     cache_dir: Path
 
     def setup(self) -> None:
-        from retrdistill.stages.rate_teachers import read_choice
+        from retrdistill.kinds import read_choice
 
         choice = read_choice(self.options.choice)
         self.choice = choice

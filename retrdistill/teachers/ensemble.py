@@ -7,7 +7,7 @@ each member's ``weight``). Normalising within the group makes the weights mean t
 scale (cosine similarities, cross-encoder logits, an LLM's log-odds, BM25).
 
 Members are scored through the score cache each under its own fingerprint
-(:class:`retrdistill.teachers.cache.CachedScorer`, used by the score stage and by :meth:`score_groups`), so an
+(:class:`retrdistill.score_cache.CachedScorer`, used by the score stage and by :meth:`score_groups`), so an
 ensemble over teachers scored before rescores nothing, and a member shared by two ensembles is scored once. The
 ensemble's own scores are never cached: they depend on the whole group. As a retriever it pools every member's
 top ``rerank_depth`` and ranks the pool by the combined score.
@@ -147,7 +147,7 @@ class EnsembleTeacher(Teacher):
 
     def score_groups(self, queries: dict[str, str], groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
         """The combined scores, each member read from (and written to) its own entries of the score cache."""
-        from retrdistill.teachers.cache import SCORES_FILE, CachedScorer
+        from retrdistill.score_cache import SCORES_FILE, CachedScorer
 
         scorer = CachedScorer(Path(self.cache_dir) / SCORES_FILE)
         try:

@@ -190,3 +190,15 @@ def test_the_chosen_teacher_lends_its_picks_embeddings(small_teacher_pick, small
     assert teacher.fingerprint() == own.fingerprint()
     np.testing.assert_allclose(teacher.encode_queries(["a query"]), own.encode_queries(["a query"]), atol=1e-6)
     assert read_manifest(tmp_path / "rate").counts
+    # the scores were given by the pick; a choice that now names another teacher (the rate step rerun, or a copied
+    # workdir whose manifests name the old folder) is refused instead of mixing its embeddings with those scores
+    from retrdistill.artefacts import fingerprint_obj
+
+    same = teacher_for_embeddings({"teacher": "chosen", "options": {"choice": str(tmp_path / "rate")}},
+                                  EmbeddingOptions(), corpus, small_cache, scored_by=fingerprint_obj(own.fingerprint()))
+    assert same.fingerprint() == own.fingerprint()
+    other = next(c for n, c in choice["candidates"].items() if n != choice["picked"])
+    gave = registry.build("teacher", "bi-encoder", other["options"], corpus=corpus, cache_dir=small_cache)
+    with pytest.raises(ConfigError, match="now give another teacher than the one that scored them"):
+        teacher_for_embeddings({"teacher": "chosen", "options": {"choice": str(tmp_path / "rate")}},
+                               EmbeddingOptions(), corpus, small_cache, scored_by=fingerprint_obj(gave.fingerprint()))

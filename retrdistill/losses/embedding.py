@@ -80,9 +80,16 @@ class TeacherTables:
         return int(self.queries.shape[1])
 
 
-def teacher_for_embeddings(scores_manifest_config: dict[str, Any], options: EmbeddingOptions, corpus, cache_dir: Path):
-    """The bi-encoder teacher whose embeddings the student imitates (by default the one that scored the data)."""
+def teacher_for_embeddings(scores_manifest_config: dict[str, Any], options: EmbeddingOptions, corpus, cache_dir: Path,
+                           *, scored_by: str | None = None):
+    """The bi-encoder teacher whose embeddings the student imitates (by default the one that scored the data).
+
+    ``scored_by``: the fingerprint the score step recorded for its teacher. The default teacher is rebuilt from the
+    options the scores' manifest recorded; when those now resolve to another teacher (a teacher choice they name
+    was rerun, or the workdir was copied and they name the old folder), it is refused rather than mixed with
+    scores it did not give."""
     from retrdistill import registry
+    from retrdistill.artefacts import fingerprint_obj
 
     name = options.teacher or scores_manifest_config.get("teacher")
     teacher_options = options.teacher_options if options.teacher else scores_manifest_config.get("options", {})
@@ -93,6 +100,14 @@ def teacher_for_embeddings(scores_manifest_config: dict[str, Any], options: Embe
         raise ConfigError(
             f"embedding distillation needs a bi-encoder teacher (embeddings to imitate); the scores come from "
             f"{name!r}. Set embedding_options.teacher: bi-encoder and embedding_options.teacher_options.model"
+        )
+    if not options.teacher and scored_by and fingerprint_obj(teacher.fingerprint()) != scored_by:
+        raise ConfigError(
+            f"embedding distillation: the scores' manifest names teacher {name!r} with options {teacher_options}, "
+            f"which now give another teacher than the one that scored them (fingerprint "
+            f"{fingerprint_obj(teacher.fingerprint())[:12]}, scored by {scored_by[:12]}): something they read (a "
+            f"teacher choice, a model folder) changed or moved since. Rerun the score step, or name the embedding "
+            f"teacher in embedding_options.teacher / teacher_options"
         )
     return teacher
 

@@ -142,6 +142,8 @@ def prepare_select(cfg: SelectConfig, scores_dir: str | Path, out_dir: str | Pat
             shutil.copyfile(scores_dir / EXTRA_PASSAGES, tmp / EXTRA_PASSAGES)
         counts = tally.counts()
         counts["scored_by"] = scores_manifest.counts.get("scored_by", scores_manifest.settings or scores_manifest.config)
+        counts["scored_by_teacher"] = scores_manifest.counts.get("scored_by_teacher",
+                                                                 scores_manifest.inputs.get("teacher"))
         if counts["queries_kept"] == 0:
             raise ValueError(f"select: every query of {scores_dir} was dropped ({counts['queries_dropped']}); "
                              f"loosen the filters")

@@ -111,7 +111,9 @@ def _translate_scores(cfg: TranslateConfig, translator, cache: TranslationCache,
         queries.add(group.query)
         docids.update(dict.fromkeys(group.docids))
     counts: dict[str, Any] = {"groups": 0, "side": cfg.side, "language_pair": list(translator.language_pair()),
-                              "scored_by": manifest.counts.get("scored_by", manifest.settings or manifest.config)}
+                              "scored_by": manifest.counts.get("scored_by", manifest.settings or manifest.config),
+                              "scored_by_teacher": manifest.counts.get("scored_by_teacher",
+                                                                       manifest.inputs.get("teacher"))}
     seconds = 0.0
     translated_queries: dict[str, str] = {}
     if cfg.side in ("query", "both"):

@@ -55,6 +55,16 @@ class TrainingInputs:
         # a select (or other derived scores) step records the scoring step's config as counts.scored_by
         return manifest.counts.get("scored_by", manifest.settings or manifest.config)
 
+    def scoring_teacher(self) -> str | None:
+        """The fingerprint of the teacher that scored the data, as the score step keyed it (a derived artefact
+        carries it as counts.scored_by_teacher); None when the manifest does not record it."""
+        from retrdistill.artefacts import read_manifest
+
+        manifest = read_manifest(self.manifest_dir or self.scores_dir)
+        if manifest is None:
+            return None
+        return manifest.counts.get("scored_by_teacher") or manifest.inputs.get("teacher")
+
     def groups(self):
         """The scored groups of ``scores_dir`` (positives first), their teacher scores rescaled by
         ``teacher_scale``. Every training-data builder reads its groups here, so the rescaling is one setting for

@@ -78,7 +78,7 @@ class DistillObjective:
             from retrdistill.losses.embedding import teacher_for_embeddings
 
             self.teacher = teacher_for_embeddings(inputs.scores_config(), settings.embedding, inputs.corpus,
-                                                  inputs.cache_dir)
+                                                  inputs.cache_dir, scored_by=inputs.scoring_teacher())
 
     def inputs(self) -> dict[str, str]:
         """Input fingerprints beyond the scores and the student: the embedding teacher, when there is one."""

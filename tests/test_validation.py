@@ -270,6 +270,8 @@ def test_the_kept_checkpoint_is_the_best_on_the_recorded_curve(trained, scored, 
     assert record["best"]["value"] == pytest.approx(candidates[best_step])
     assert best_step != last_step, "constructed so the last epoch is not the best (else this test could not fail)"
     assert candidates[best_step] != candidates[last_step]
+    # whether the kept checkpoint beats the starting model on the metric (a warning in the log when it does not)
+    assert record["best"]["above_start"] == (candidates[best_step] > curve[0]["metrics"]["pseudo-mrr@10"])
     split = record["split"]
     assert split["held_out_queries"] == 9 and split["train_queries"] == 21 and split["seed"] == 2
     counts = result.manifest.counts

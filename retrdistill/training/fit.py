@@ -196,6 +196,14 @@ def validation_record(validation: FitValidation, state, last_step: int) -> dict[
     point = next((p for p in curve if p["step"] == best_step), None)  # step 0 (at_start) is never a candidate
     record["best"] = {"step": int(best_step), "epoch": point["epoch"] if point else None,
                       "value": float(state.best_metric)}
+    start = next((p for p in curve if p["step"] == 0 and validation.metric in p["metrics"]), None)
+    if start is not None:
+        before = float(start["metrics"][validation.metric])
+        record["best"]["above_start"] = float(state.best_metric) > before
+        if not record["best"]["above_start"]:
+            log.warning("train: no checkpoint beats the starting model on %s (kept %.4f at step %d, %.4f at the "
+                        "start): by this label-free signal the training did not help", validation.metric,
+                        float(state.best_metric), int(best_step), before)
     return record
 
 

@@ -229,26 +229,10 @@ CANDIDATE_FORM = "NAME=TEACHER[:JSON object of options]"
 def parse_candidate(spec: str) -> dict:
     """One ``--candidate NAME=TEACHER[:JSON]`` as ``{"name", "teacher", "options"}``; OptionError naming what is
     wrong."""
-    teachers = registry.names("teacher")
-
-    def bad(problem: str) -> OptionError:
-        return OptionError(f"--candidate {spec!r}: {problem}; expected {CANDIDATE_FORM}, e.g. 'BM25=bm25' or "
-                           f"'MiniLM=bi-encoder:{{\"model\": \"offline:all-MiniLM-L6-v2\"}}', with TEACHER one of: "
-                           f"{', '.join(teachers)}")
-
-    name, sep, rest = spec.partition("=")
-    if not sep or not name.strip():
-        raise bad("no NAME= before the teacher")
-    teacher, _, raw = rest.partition(":")
-    if teacher.strip() not in teachers:
-        raise bad(f"unknown teacher {teacher.strip()!r}")
-    try:
-        options = json.loads(raw) if raw.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise bad(f"the options are not valid JSON ({exc})") from None
-    if not isinstance(options, dict):
-        raise bad(f"the options must be a JSON object, got {type(options).__name__}")
-    return {"name": name.strip(), "teacher": teacher.strip(), "options": options}
+    name, teacher, options = parse_named_part(
+        spec, "--candidate", "teacher", "teacher", CANDIDATE_FORM,
+        "'BM25=bm25' or 'MiniLM=bi-encoder:{\"model\": \"offline:all-MiniLM-L6-v2\"}'")
+    return {"name": name, "teacher": teacher, "options": options}
 
 
 CANDIDATES = Custom(
@@ -288,27 +272,35 @@ def parse_systems(specs: list[str] | None) -> list[dict] | None:
 
 def parse_system(spec: str) -> dict:
     """One ``NAME=TYPE[:JSON]`` value as ``{"name", "type", "options"}``; OptionError naming what is wrong."""
-    types = registry.names("system")
+    name, kind, options = parse_named_part(spec, "--system", "system", "type", SYSTEM_FORM,
+                                           "'BM25=bm25' or 'student=index:{\"path\": \"indexes/x\"}'")
+    return {"name": name, "type": kind, "options": options}
+
+
+def parse_named_part(spec: str, flag: str, kind: str, noun: str, form: str, example: str) -> tuple[str, str, dict]:
+    """``NAME=PART[:JSON options]`` as ``(name, part, options)``, PART a registered name of ``kind`` (called
+    ``noun`` in messages); OptionError naming the flag, the value, what is wrong and the expected form otherwise."""
+    parts = registry.names(kind)
 
     def bad(problem: str) -> OptionError:
-        return OptionError(f"--system {spec!r}: {problem}; expected {SYSTEM_FORM}, e.g. 'BM25=bm25' or "
-                           f"'student=index:{{\"path\": \"indexes/x\"}}', with TYPE one of: {', '.join(types)}")
+        return OptionError(f"{flag} {spec!r}: {problem}; expected {form}, e.g. {example}, with {noun.upper()} one of: "
+                           f"{', '.join(parts)}")
 
     name, sep, rest = spec.partition("=")
     if not sep:
         raise bad("no '='")
     if not name.strip():
         raise bad("the name is empty")
-    kind, _, raw = rest.partition(":")
-    if kind.strip() not in types:
-        raise bad(f"unknown type {kind.strip()!r}")
+    part, _, raw = rest.partition(":")
+    if part.strip() not in parts:
+        raise bad(f"unknown {noun} {part.strip()!r}")
     try:
         options = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
         raise bad(f"the options are not valid JSON ({exc})") from None
     if not isinstance(options, dict):
         raise bad(f"the options must be a JSON object, got {type(options).__name__}")
-    return {"name": name.strip(), "type": kind.strip(), "options": options}
+    return name.strip(), part.strip(), options
 
 
 SYSTEMS = Custom(

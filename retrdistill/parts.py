@@ -355,7 +355,8 @@ class Indexer(Part):
     """Encodes a corpus with a model and indexes it (artefact kind ``index``); saves, loads and searches it.
 
     The indexer owns the encoding on both sides: it declares the family of model it takes (``model_type``: a
-    registered :class:`Family`, ``"dense"`` for a ``SentenceTransformer``, ``"sparse"`` for a ``SparseEncoder``), loads it (:meth:`load_model`),
+    registered :class:`Family`, ``"dense"`` for a ``SentenceTransformer``, ``"sparse"`` for a ``SparseEncoder``),
+    loads it (:meth:`load_model`),
     encodes the corpus into its index (:meth:`index_corpus`; dense indexers through the shared, resumable
     embedding cache of :mod:`retrdistill.encoding.corpus`) and encodes queries for :meth:`search`
     (:meth:`encode_queries`). A model of the wrong family is refused by

@@ -67,6 +67,14 @@ def st_model_type(folder: Path) -> str | None:
     return str(value) if value else None
 
 
+def module_types(folder: Path) -> list[str] | None:
+    """The class names of a sentence-transformers folder's ``modules.json`` modules, None when it has none."""
+    modules = read_json(folder / "modules.json")
+    if not isinstance(modules, list) or not modules:
+        return None
+    return [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+
+
 def detect(ref: str) -> Detected:
     """What ``ref`` is, from its files alone (nothing is loaded): the first registered family whose
     :meth:`~retrdistill.parts.Family.detect` claims the folder, asked latest registered first; else a plain

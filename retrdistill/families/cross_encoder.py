@@ -26,9 +26,9 @@ class CrossEncoderFamily(Family):
         return f"config_sentence_transformers.json: model_type {model_type}" if model_type == "CrossEncoder" else None
 
     def load(self, ref: str, *, max_seq_length: int | None = None, device: str | None = None) -> Any:
-        from retrdistill.models import load_cross_encoder, resolve_model
+        from retrdistill.models import load_cross_encoder
 
-        model = load_cross_encoder(resolve_model(ref), device=device)
+        model = load_cross_encoder(ref, device=device)
         if max_seq_length:
             model.max_length = max_seq_length
         return model

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from retrdistill.families import read_json, st_model_type
+from retrdistill.families import module_types, st_model_type
 from retrdistill.parts import Family
 
 
@@ -21,16 +21,13 @@ class DenseFamily(Family):
         if model_type is not None:
             return (f"config_sentence_transformers.json: model_type {model_type}"
                     if model_type == "SentenceTransformer" else None)
-        modules = read_json(folder / "modules.json")
-        if isinstance(modules, list) and modules:
-            types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
-            return f"modules.json: {', '.join(types)}"
-        return None
+        types = module_types(folder)
+        return f"modules.json: {', '.join(types)}" if types is not None else None
 
     def load(self, ref: str, *, max_seq_length: int | None = None, device: str | None = None) -> Any:
-        from retrdistill.models import load_sentence_transformer, resolve_model
+        from retrdistill.models import load_sentence_transformer
 
-        model = load_sentence_transformer(resolve_model(ref), device=device)
+        model = load_sentence_transformer(ref, device=device)
         if max_seq_length:
             model.max_seq_length = max_seq_length
         return model

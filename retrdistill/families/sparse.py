@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from retrdistill.families import read_json, st_model_type
+from retrdistill.families import module_types, st_model_type
 from retrdistill.parts import Family
 
 SPARSE_MODULES = ("SpladePooling", "SparseStaticEmbedding", "SparseAutoEncoder", "MLMTransformer")
@@ -24,13 +24,8 @@ class SparseFamily(Family):
         model_type = st_model_type(folder)
         if model_type is not None:
             return f"config_sentence_transformers.json: model_type {model_type}" if model_type == "SparseEncoder" else None
-        modules = read_json(folder / "modules.json")
-        if isinstance(modules, list):
-            types = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
-            found = [t for t in types if t in SPARSE_MODULES]
-            if found:
-                return f"modules.json: {found[0]}"
-        return None
+        found = [t for t in module_types(folder) or [] if t in SPARSE_MODULES]
+        return f"modules.json: {found[0]}" if found else None
 
     def load(self, ref: str, *, max_seq_length: int | None = None, device: str | None = None) -> Any:
         from retrdistill.encoding.sparse import load_sparse_encoder

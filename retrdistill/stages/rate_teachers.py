@@ -39,10 +39,9 @@ from typing import Any
 
 from retrdistill import progress, registry
 from retrdistill.artefacts import fingerprint_obj, upstream, write_json_atomic
-from retrdistill.kinds import CHOICE_FILE
 from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError
-from retrdistill.kinds import read_queries
+from retrdistill.kinds import CHOICE_FILE, read_queries
 from retrdistill.stages.base import StageResult, StageSpec, StepInput, Work, config_dict
 
 log = logging.getLogger(__name__)

@@ -45,11 +45,16 @@ class TrainingInputs:
         corpus = open_collection(self.collection_dir, self.cache_dir / "corpora").corpus
         return with_generated(corpus, self.manifest_dir or self.scores_dir)
 
-    def scores_config(self) -> dict[str, Any]:
-        """The config recorded in the scores' manifest (it names the teacher that scored the data)."""
+    @functools.cached_property
+    def manifest(self):
+        """The scores' manifest (None when there is none), read once."""
         from retrdistill.artefacts import read_manifest
 
-        manifest = read_manifest(self.manifest_dir or self.scores_dir)
+        return read_manifest(self.manifest_dir or self.scores_dir)
+
+    def scores_config(self) -> dict[str, Any]:
+        """The config recorded in the scores' manifest (it names the teacher that scored the data)."""
+        manifest = self.manifest
         if manifest is None:
             return {}
         # a select (or other derived scores) step records the scoring step's config as counts.scored_by
@@ -58,9 +63,7 @@ class TrainingInputs:
     def scoring_teacher(self) -> str | None:
         """The fingerprint of the teacher that scored the data, as the score step keyed it (a derived artefact
         carries it as counts.scored_by_teacher); None when the manifest does not record it."""
-        from retrdistill.artefacts import read_manifest
-
-        manifest = read_manifest(self.manifest_dir or self.scores_dir)
+        manifest = self.manifest
         if manifest is None:
             return None
         return manifest.counts.get("scored_by_teacher") or manifest.inputs.get("teacher")

@@ -112,14 +112,25 @@ def test_shipped_pipelines_validate():
         load_pipeline(f, base_dir=root)
 
 
-def test_every_package_folder_is_packaged():
-    """pyproject.toml lists packages by hand (cli/ is mapped to retrdistill.cli): a new folder must be listed."""
-    import tomllib
+def test_every_source_file_is_packaged(tmp_path):
+    """The wheel (packages found by setup.py) holds every module of retrdistill/ and cli/ (as retrdistill.cli)
+    and the LLM templates: a new package needs no list, but a folder of modules without an __init__.py would be
+    left out, and this says which."""
+    import subprocess
+    import sys
+    import zipfile
     from pathlib import Path
 
+    pytest.importorskip("setuptools")
     root = Path(__file__).resolve().parents[1]
-    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {"retrdistill." + ".".join(p.parent.relative_to(root / "retrdistill").parts)
-             for p in (root / "retrdistill").rglob("__init__.py")}
-    found = {name.rstrip(".") for name in found} | {"retrdistill.cli"}
-    assert found == listed
+    expected = {"retrdistill/" + p.relative_to(root / "retrdistill").as_posix()
+                for p in (root / "retrdistill").rglob("*.py") if "__pycache__" not in p.parts}
+    expected |= {"retrdistill/cli/" + p.name for p in (root / "cli").glob("*.py")}
+    expected |= {"retrdistill/llm/templates/" + p.name for p in (root / "retrdistill" / "llm" / "templates").glob("*.txt")}
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(root)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("retrdistill-*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    missing = sorted(expected - packed)
+    assert not missing, f"left out of the wheel (a folder without __init__.py?): {missing}"

@@ -51,7 +51,7 @@ def main() -> None:
     from retrdistill.data.beir import open_collection
     from retrdistill.evaluation.leaderboard import load_leaderboard
     from retrdistill.lucene.export import export_anserini
-    from retrdistill.indexers.sparse import SparseIndexer
+    from retrdistill.families.sparse.index import SparseIndexer
     from retrdistill.lucene.runtime import anserini_jar
     from retrdistill.stages.evaluate import EvalConfig, run_eval
     from retrdistill.stages.index import IndexConfig, run_index

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrdistill.indexers.faiss_index import FlatIndexer
+from retrdistill.families.dense.faiss_index import FlatIndexer
 from retrdistill.indexers.sharded import ShardedIndex, ShardedIndexer
 from retrdistill.shards import Shard
 

@@ -298,7 +298,7 @@ class Student(Part):
 
     The train stage only wires what the student names: the builder of its training rows, the builder of its
     objective, the trainer that runs them, and how the trained model is cut and saved. A family provides them:
-    :class:`retrdistill.students.bi_encoder.BiEncoderStudent` holds a sentence-transformers bi-encoder's
+    :class:`retrdistill.families.dense.bi_encoder.BiEncoderStudent` holds a sentence-transformers bi-encoder's
     (``SentenceTransformer``, ``SentenceTransformerTrainer``, rows ``query, positive, negative_1..n, label``);
     a student of another family (a SPLADE ``SparseEncoder``, a ``CrossEncoder``) names its own trainer, rows and
     objective. Nothing here reaches into training: the contract only names what a student must answer.

@@ -43,7 +43,7 @@ class Retriever:
 
     def __init__(self, folder: Path, index, doc_ids: list[str], model, info: dict, corpus=None, *,
                  indexer=None) -> None:
-        from retrdistill.indexers.faiss_index import FlatIndexer
+        from retrdistill.families.dense.faiss_index import FlatIndexer
 
         self.folder = folder
         self.index = index

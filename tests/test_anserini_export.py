@@ -132,7 +132,7 @@ def test_the_cli_command_exports_and_reports_errors(sparse_index, tmp_path):
 def test_doc_major_blocks_transpose_any_layout():
     """Random term-major postings (empty terms and passages included) against scipy's transpose."""
     from retrdistill.lucene.export import doc_major_blocks
-    from retrdistill.indexers.sparse import SparseIndex
+    from retrdistill.families.sparse.index import SparseIndex
 
     rng = np.random.default_rng(0)
     dense = rng.random((57, 40)) * (rng.random((57, 40)) < 0.15)
@@ -219,7 +219,7 @@ def test_a_failed_or_killed_export_leaves_the_last_one_whole(sparse_index, tmp_p
 def _embedded_quantised(index, model, texts: list[str], factor: float, query_factor: float, k: int):
     """The embedded inverted index searched with the same quantised weights: ``[[(row, score)]]``."""
     from retrdistill.lucene.export import quantise
-    from retrdistill.indexers.sparse import SparseIndex, SparseIndexer
+    from retrdistill.families.sparse.index import SparseIndex, SparseIndexer
 
     indexer = SparseIndexer()
     quantised = SparseIndex(index.indptr, index.indices, quantise(index.data, factor).astype(np.float32),
@@ -238,7 +238,7 @@ def test_lucene_impact_top10_equals_the_embedded_index_on_the_same_quantised_wei
         terms, query_factor, sparse_index, small_collection, small_cache, record_property):
     from retrdistill import registry
     from retrdistill.data.beir import open_collection
-    from retrdistill.indexers.sparse import SparseIndexer
+    from retrdistill.families.sparse.index import SparseIndexer
 
     corpus = open_collection(small_collection, small_cache / "corpora").corpus
     texts = [json.loads(line)["text"] for line in SAMPLE_QUERIES.read_text(encoding="utf-8").splitlines()]

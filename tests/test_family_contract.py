@@ -33,7 +33,7 @@ import numpy as np
 from retrdistill import families
 from retrdistill.errors import ConfigError
 from retrdistill.parts import BuiltIndex, Family, Indexer
-from retrdistill.students.dense import DenseStudent
+from retrdistill.families.dense.student import DenseStudent
 
 MARKER = "binary_codes.json"
 

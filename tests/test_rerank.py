@@ -118,7 +118,7 @@ def test_every_cross_encoder_loss_trains_from_its_own_row_layout(loss, scored, s
 
 
 def test_deep_negatives_take_the_deepest_candidates_of_each_group(scored, small_collection, small_cache):
-    from retrdistill.students.cross_encoder_objective import CrossEncoderRows
+    from retrdistill.families.cross_encoder.objective import CrossEncoderRows
     from retrdistill.training.data import TrainingInputs
 
     inputs = TrainingInputs(scored, small_collection, small_cache)

@@ -121,7 +121,7 @@ def test_the_merged_folder_is_the_unsharded_artefact_and_self_contained(dense, s
 def test_exact_score_ties_across_shards_break_by_corpus_row_as_in_the_single_index():
     """Duplicated vectors (as duplicated passages give): faiss alone returns a tie group in heap order and keeps
     an arbitrary part of it at the k-th place; both searches here give the rows in order."""
-    from retrdistill.indexers.faiss_index import FlatIndexer
+    from retrdistill.families.dense.faiss_index import FlatIndexer
     from retrdistill.indexers.sharded import ShardedIndex, ShardedIndexer
 
     rng = np.random.default_rng(0)

@@ -107,7 +107,7 @@ def test_scores_and_top_k_equal_the_dot_products_of_the_models_own_vectors(spars
 def test_both_ways_of_summing_postings_give_the_same_rows_and_scores(sparse_index, collection, monkeypatch):
     """A query with many postings sums into a passage-sized array, one with few sorts its postings: forced each
     way for every test query, the touched rows and their float64 sums are identical."""
-    import retrdistill.indexers.sparse as sparse
+    import retrdistill.families.sparse.index as sparse
     from retrdistill.retriever import Retriever
 
     retriever = Retriever.load(sparse_index)

@@ -413,8 +413,8 @@ def test_sparse_top_k_is_the_inverted_indexs_exact_search(small_collection, smal
 
     from retrdistill.data.beir import open_collection
     from retrdistill.encoding.sparse import encode_sparse, load_sparse_encoder
-    from retrdistill.indexers.sparse import SparseIndexer
-    from retrdistill.families.sparse import sparse_top_k
+    from retrdistill.families.sparse.index import SparseIndexer
+    from retrdistill.families.sparse.family import sparse_top_k
 
     corpus = open_collection(small_collection, small_cache / "corpora").corpus
     model = load_sparse_encoder("offline:tiny-bert-mlm", max_seq_length=32)

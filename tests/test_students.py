@@ -12,8 +12,8 @@ from retrdistill import registry
 from retrdistill.artefacts import fingerprint_obj, read_manifest
 from retrdistill.data.beir import open_collection
 from retrdistill.errors import ConfigError
-from retrdistill.students.dense import DenseStudent
-from retrdistill.students.pruned import PrunedStudent, resolve_layers
+from retrdistill.families.dense.student import DenseStudent
+from retrdistill.families.dense.pruned import PrunedStudent, resolve_layers
 
 TEXTS = ["what is a synapse", "A synapse is the junction where a nerve impulse passes from one neuron to another."]
 TEACHER = {"model": "offline:all-MiniLM-L6-v2", "batch_size": 64}
@@ -73,7 +73,7 @@ def test_tiny_checkpoint_is_a_mean_pooled_dense_student():
 def test_saved_student_reloads_with_identical_embeddings(tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from retrdistill.students.save import save_student
+    from retrdistill.stages.save_student import save_student
 
     options = {"model": "offline:all-MiniLM-L6-v2", "layers": "every-other", "output_dim": 64}
     first = save_student("pruned", options, tmp_path / "student")

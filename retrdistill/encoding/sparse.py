@@ -1,5 +1,5 @@
 """Sparse (SPLADE-style) encoding: loading a ``SparseEncoder``, and the corpus's document vectors as a cached,
-resumable inverted index (which models are sparse: :mod:`retrdistill.families.sparse`).
+resumable inverted index (which models are sparse: :mod:`retrdistill.families.sparse.family`).
 
 A corpus is encoded once per (model, corpus, settings) into ``cache_dir/sparse/<key>/``, as
 :func:`retrdistill.encoding.corpus.corpus_embeddings` does for dense models:

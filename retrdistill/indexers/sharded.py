@@ -12,8 +12,8 @@
 indexer opens it (FAISS: memory-mapped where faiss can map the index type, else read into memory; sparse:
 posting arrays memory-mapped), i.e. all shards at once, not one at a time. A search asks every shard for its
 top-k, shifts its rows by the shard's first corpus row and keeps the best k by (score descending, row
-ascending): the rule each indexer's own search follows (:mod:`retrdistill.indexers.faiss_index`,
-:mod:`retrdistill.indexers.sparse`). Shard I's rows are the unsharded index's rows ``start..stop``, encoded in
+ascending): the rule each indexer's own search follows (:mod:`retrdistill.families.dense.faiss_index`,
+:mod:`retrdistill.families.sparse.index`). Shard I's rows are the unsharded index's rows ``start..stop``, encoded in
 the same calls (whole encoding blocks), so for the exact indexes (``faiss-flat``, ``sparse``) the merged top-k
 has the unsharded index's ids, in its order, and its scores (sparse: merged on the float64 scores it ranks by;
 dense: faiss's float32 inner products, equal up to the BLAS kernel's rounding where a block of rows sits at

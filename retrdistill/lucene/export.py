@@ -146,7 +146,7 @@ def _first_at_least(indices: np.ndarray, lo: np.ndarray, hi: np.ndarray, value: 
 
 def doc_major_blocks(index, block_postings: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """``(start, stop, indptr, terms, weights)`` for consecutive blocks of passage rows of a
-    :class:`retrdistill.indexers.sparse.SparseIndex`, about ``block_postings`` postings each:
+    :class:`retrdistill.families.sparse.index.SparseIndex`, about ``block_postings`` postings each:
     ``terms[indptr[i]:indptr[i + 1]]`` (ascending) and their weights belong to row ``start + i``."""
     n = index.num_docs
     per_doc = max(1.0, float(index.params.get("doc_terms") or 1.0))
@@ -272,7 +272,7 @@ def exact_scores(index, terms: np.ndarray, impacts: np.ndarray, rows: np.ndarray
 def index_source(index_dir: Path):
     """``(SparseIndex, index.json, manifest)`` of a finished sparse index folder; ConfigError otherwise."""
     from retrdistill.artefacts import read_manifest
-    from retrdistill.indexers.sparse import SparseIndexer
+    from retrdistill.families.sparse.index import SparseIndexer
 
     manifest = read_manifest(index_dir)
     info_path = index_dir / "index.json"
@@ -339,7 +339,7 @@ def export_anserini(source: str | Path, out_dir: str | Path, *, collection: str 
             raise ConfigError(f"{source!r} is not an index folder; to export a model give --collection (a BEIR "
                               f"folder) and --cache-dir")
         from retrdistill.data.beir import open_collection
-        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.families.sparse.index import SparseIndexer
         from retrdistill.indexers.model_check import check_model
 
         check_model(SparseIndexer(), source)
@@ -387,7 +387,7 @@ def model_postings(model_ref: str, corpus, cache_dir: Path, max_seq_length: int 
                     max_active_dims: int | None):
     """``(SparseIndex, model)``: the corpus's cached postings under a sparse model, as the ``sparse`` system
     builds them."""
-    from retrdistill.indexers.sparse import SparseIndexer
+    from retrdistill.families.sparse.index import SparseIndexer
 
     indexer = SparseIndexer(SparseIndexer.Options(max_active_dims=max_active_dims))
     model = indexer.load_model(model_ref, max_seq_length=max_seq_length)

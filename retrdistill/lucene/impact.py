@@ -53,7 +53,7 @@ CLAMPED = 214748.0  # Math.round(score * 1e4f) / 1e4f saturates at Integer.MAX_V
 class SparseSource:
     """What is exported: the postings, the model that encodes queries, and what identifies them."""
 
-    index: Any  # retrdistill.indexers.sparse.SparseIndex
+    index: Any  # retrdistill.families.sparse.index.SparseIndex
     model_ref: str
     max_seq_length: int | None
     max_active_dims: int | None
@@ -119,7 +119,7 @@ class LuceneImpactSystem(EvalSystem):
     def source(self, corpus, cache_dir: Path) -> SparseSource:
         """The postings to export: the index folder's own (same corpus), else ``corpus`` encoded by the model."""
         from retrdistill.indexers.model_check import check_model
-        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.families.sparse.index import SparseIndexer
         from retrdistill.models import model_fingerprint
         from retrdistill.indexers.references import resolve_reference
 
@@ -178,7 +178,7 @@ class LuceneImpactSystem(EvalSystem):
                cache_dir: Path) -> tuple[list[list[tuple[int, float]]], dict[str, float]]:
         """Per query text, ``[(passage row, score)]`` best first as Lucene ranked them, and the query cost
         (quantised terms per query, FLOPs per query over the quantised postings)."""
-        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.families.sparse.index import SparseIndexer
 
         doc_freq = np.load(folder / "doc_freq.npy")
         tokens = vocabulary_tokens(source.model_ref, source.index.vocab_size, model)
@@ -246,7 +246,7 @@ class LuceneImpactSystem(EvalSystem):
 
     def run(self, corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, Any] | None = None):
-        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.families.sparse.index import SparseIndexer
         from retrdistill.systems import SystemOutput, _parameters
 
         cache_dir = Path(cache_dir)

@@ -10,7 +10,7 @@ from retrdistill.data.beir import Corpus
 from retrdistill.encoding.corpus import EncodeSettings, corpus_embeddings, load_encoder
 from retrdistill.encoding.engine import encode_texts
 from retrdistill.encoding.prompts import prompted
-from retrdistill.indexers.faiss_index import FlatIndexer
+from retrdistill.families.dense.faiss_index import FlatIndexer
 from retrdistill.models import model_fingerprint
 from retrdistill.parts import Hits, Miner
 

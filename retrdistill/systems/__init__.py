@@ -140,7 +140,7 @@ class DenseSystem(OptionsSystem):
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
-        from retrdistill.indexers.faiss_index import FlatIndexer
+        from retrdistill.families.dense.faiss_index import FlatIndexer
         from retrdistill.indexers.model_check import check_model
         from retrdistill.models import model_fingerprint
 
@@ -171,7 +171,7 @@ class SparseSystem(OptionsSystem):
 
     def run(self, corpus: Corpus, queries: dict[str, str], k: int, cache_dir: Path, measure_cost: bool,
             earlier: dict[str, SystemOutput] | None = None) -> SystemOutput:
-        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.families.sparse.index import SparseIndexer
         from retrdistill.indexers.model_check import check_model
         from retrdistill.models import model_fingerprint
 

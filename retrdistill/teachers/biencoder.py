@@ -99,7 +99,7 @@ class BiEncoderTeacher(Teacher):
 
     def retrieve(self, queries: dict[str, str], k: int, **_: object) -> Run:
         """The top ``k`` passages per query by exact inner-product search of the cached corpus embeddings."""
-        from retrdistill.indexers.faiss_index import FlatIndexer
+        from retrdistill.families.dense.faiss_index import FlatIndexer
 
         store = self.corpus_embeddings()
         indexer = FlatIndexer()

@@ -7,7 +7,7 @@ ways, and their per-query normalised mean (a hybrid teacher) is the standard way
 
 Each :meth:`score_groups` call encodes the call's distinct passages once (``encode_document``) and its queries
 (``encode_query``), and scores each group by sparse dot products. As a retriever it searches the corpus's cached
-postings exactly (:class:`retrdistill.indexers.sparse.SparseIndexer`), as the ``sparse`` eval system does.
+postings exactly (:class:`retrdistill.families.sparse.index.SparseIndexer`), as the ``sparse`` eval system does.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class SparseTeacher(Teacher):
 
     def setup(self) -> None:
         from retrdistill import families
-        from retrdistill.indexers.sparse import SparseIndexer
+        from retrdistill.families.sparse.index import SparseIndexer
 
         # a dense model named here fails before anything runs, pointing at the dense teacher
         families.check_model(self.options.model, "sparse", "teacher 'sparse'", ["bi-encoder"])

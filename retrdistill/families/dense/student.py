@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from retrdistill.models import load_sentence_transformer, model_fingerprint
-from retrdistill.students.bi_encoder import BiEncoderStudent
+from retrdistill.families.dense.bi_encoder import BiEncoderStudent
 
 
 

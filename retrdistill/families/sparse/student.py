@@ -4,15 +4,15 @@ The backbone is any masked-LM checkpoint (``backbone: masked``, default): senten
 ``Transformer(..., transformer_task="fill-mask")`` followed by ``SpladePooling(pooling_strategy="max")``, i.e.
 a text's weight for vocabulary term *t* is ``max over positions of log(1 + ReLU(MLM logit_t))``. A checkpoint
 without an MLM head (``offline:all-MiniLM-L6-v2``) gets one tied to its input embeddings
-(:mod:`retrdistill.students.mlm_head`; logged, and ``mlm_head`` in the train manifest's counts), unless
+(:mod:`retrdistill.families.sparse.mlm_head`; logged, and ``mlm_head`` in the train manifest's counts), unless
 ``tie_mlm_head: false``, which makes it a ConfigError. ``backbone: causal`` takes a decoder-only LM instead
 (a transformers folder, or a GGUF checkpoint such as ``offline:gemma-3-270m``), its LM head's logits giving
-the term weights, optionally reading the text twice (``echo: true``; :mod:`retrdistill.students.causal_lm`).
+the term weights, optionally reading the text twice (``echo: true``; :mod:`retrdistill.families.sparse.causal_lm`).
 
 Training (through the :class:`retrdistill.parts.Student` hooks; the train stage is the dense students'):
 
 * rows: the bi-encoder rows ``query, positive, negative_1..n, label`` (:class:`retrdistill.training.data.ScoredRows`);
-* objective (:class:`retrdistill.students.splade_objective.SpladeObjective`): ``SpladeLoss`` around
+* objective (:class:`retrdistill.families.sparse.objective.SpladeObjective`): ``SpladeLoss`` around
   ``SparseMarginMSELoss`` (``loss: margin-mse``) or ``SparseDistillKLDivLoss`` (``loss: listwise-kl``, with the
   loss part's temperature passed explicitly), FLOPS regularisers on queries and documents with their own weights
   (``query_regularizer_weight``, ``document_regularizer_weight``);
@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
 from retrdistill.models import gguf_file, model_fingerprint, resolve_model
-from retrdistill.students.bi_encoder import BiEncoderStudent
+from retrdistill.families.dense.bi_encoder import BiEncoderStudent
 
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class SpladeStudent(BiEncoderStudent):
             if self.gguf:
                 raise ConfigError(f"student model {self.options.model}: a GGUF checkpoint is a decoder-only LM; "
                                   f"set backbone: causal")
-            from retrdistill.students.mlm_head import check_head
+            from retrdistill.families.sparse.mlm_head import check_head
 
             self.head = check_head(self.path, tie=self.options.tie_mlm_head)
         else:
@@ -115,11 +115,11 @@ class SpladeStudent(BiEncoderStudent):
             first = Transformer(str(self.path), transformer_task="fill-mask", max_seq_length=o.max_seq_length)
             counts: dict[str, Any] = {"mlm_head": "checkpoint"}
             if not self.head.in_checkpoint:
-                from retrdistill.students.mlm_head import tie_head
+                from retrdistill.families.sparse.mlm_head import tie_head
 
                 counts.update(tie_head(first.auto_model, self.head))
         else:
-            from retrdistill.students.causal_lm import CausalTermLogits
+            from retrdistill.families.sparse.causal_lm import CausalTermLogits
 
             first = CausalTermLogits(str(self.path), echo=o.echo, max_seq_length=o.max_seq_length,
                                      gguf_file=self.gguf, model_kwargs={"dtype": torch.float32})
@@ -133,12 +133,12 @@ class SpladeStudent(BiEncoderStudent):
         return model
 
     def trainer_classes(self) -> tuple[type, type]:
-        from retrdistill.students.splade_objective import splade_trainer
+        from retrdistill.families.sparse.objective import splade_trainer
 
         return splade_trainer(self.options.regularizer_warmup, self.options.regularizer_schedule)
 
     def objective(self, loss, settings, inputs):
-        from retrdistill.students.splade_objective import SpladeObjective
+        from retrdistill.families.sparse.objective import SpladeObjective
 
         return SpladeObjective(self, loss, settings, inputs)
 

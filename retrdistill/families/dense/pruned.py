@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
 from retrdistill.models import load_sentence_transformer, model_fingerprint
-from retrdistill.students.bi_encoder import BiEncoderStudent
+from retrdistill.families.dense.bi_encoder import BiEncoderStudent
 
 
 log = logging.getLogger(__name__)

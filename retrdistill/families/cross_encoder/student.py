@@ -14,7 +14,7 @@ Training (through the :class:`retrdistill.parts.Student` hooks; the train stage 
   and ``negatives_per_query`` negatives, of which the last ``deep_negatives`` are the group's deepest-ranked
   candidates (the mine step's order) and the others its best-ranked ones, so the student sees candidates from deep
   in the ranking as well as the top (a re-ranker scores all of a first stage's top 100, not only its hard head);
-* objective (:class:`retrdistill.students.cross_encoder_objective.CrossEncoderObjective`): one of the
+* objective (:class:`retrdistill.families.cross_encoder.objective.CrossEncoderObjective`): one of the
   cross-encoder losses of :mod:`retrdistill.losses.cross_encoder` (``ce-mse``, ``ce-margin-mse``, ``ce-listnet``,
   ``ce-lambda``, ``ce-ranknet``, ``ce-plistmle``, ``ce-adrmse``), the rows laid out as that loss reads them;
 * trainer: ``CrossEncoderTrainer`` with ``CrossEncoderTrainingArguments``.
@@ -94,12 +94,12 @@ class CrossEncoderStudent(Student):
         return CrossEncoderTrainer, CrossEncoderTrainingArguments
 
     def training_data(self) -> Any:
-        from retrdistill.students.cross_encoder_objective import CrossEncoderRows
+        from retrdistill.families.cross_encoder.objective import CrossEncoderRows
 
         return CrossEncoderRows(self.options.deep_negatives)
 
     def objective(self, loss, settings, inputs):
-        from retrdistill.students.cross_encoder_objective import CrossEncoderObjective
+        from retrdistill.families.cross_encoder.objective import CrossEncoderObjective
 
         return CrossEncoderObjective(self, loss, settings)
 

@@ -1,1 +1,0 @@
-"""Students: the fast models being trained (registered in retrdistill.registry)."""

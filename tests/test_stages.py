@@ -164,6 +164,8 @@ def test_train_student_saves_checkpoint_with_manifest(work, bi_scores, loss, opt
                        scores_dir, work["collection"], out, cache_dir=work["cache"])
     counts = result.manifest.counts
     assert counts["steps"] == 3 and counts["rows"] == 24
+    window = counts["passage_window"]  # MS MARCO passages fit MiniLM's 256 tokens
+    assert window["max_seq_length"] == 256 and window["share_longer"] < 0.05 and window["median_tokens"] < 256
     assert np.isfinite(counts["train_loss"])
     assert {"torch", "sentence-transformers"} <= set(result.manifest.versions)
     from sentence_transformers import SentenceTransformer

@@ -223,6 +223,7 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
         from transformers import set_seed
 
         from retrdistill.training.fit import fit
+        from retrdistill.training.window import passage_window, warn_if_cut
 
         if cfg.save_untrained:  # before any seeding: loading it must not move the seeded streams
             student.save(student.load(), tmp / "untrained")
@@ -235,6 +236,10 @@ def prepare_train(cfg: TrainConfig, scores_dir: str | Path, collection_dir: str 
         counts = {**rows.counts, **objective.extend_labels(rows)}
         dataset = rows.dataset()
         model = student.load()
+        window = passage_window(model, sources.corpus, seed=cfg.seed)
+        warn_if_cut(window)
+        if window is not None:  # a record only: what the student reads of the corpus
+            counts["passage_window"] = window
         built = objective.build(model, rows)
         counts.update(built.counts)
         fit_validation = None if checking is None else _fit_validation(validation, checking, student, cfg, sources, tmp)

@@ -71,6 +71,7 @@ def main() -> int:
     from retrdistill.encoding.prompts import prompted
     from retrdistill.kinds import read_queries
     from retrdistill.models import load_sentence_transformer
+    from retrdistill.training.window import passage_window
 
     started = time.time()
     collection = open_collection(args.collection, args.cache / "corpora")
@@ -86,8 +87,7 @@ def main() -> int:
     texts = [train.queries[q] for q in qids]
     positives = [row[next(iter(train.positives[q]))] for q in qids]
     sides: list[str | None] = []
-    for query, positive in zip(texts, positives):
-        passage = corpus.texts_at([positive])[0]
+    for query, passage in zip(texts, corpus.texts_at(positives)):
         start = sentence_start(passage, query)
         if start is None:
             sides.append(None)
@@ -115,8 +115,8 @@ def main() -> int:
             entry[f"student_{n}_mrr@10"] = round(float(np.mean([
                 reciprocal_rank_at_10(student_corpus[n], student_queries[i], positives[i]) for i in picked])), 4)
         halves[side] = entry
-    passage_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"])
-                      for t in corpus.texts_at(list(range(len(corpus))))]
+    student.max_seq_length = args.window  # what the train step records, over the whole corpus
+    window = passage_window(student, corpus, sample=len(corpus))
     out = {
         "what": "pseudo-MRR@10 of each inverse-cloze query's own passage over the whole corpus, split by whether the "
                 "query's sentence ends inside the student's window",
@@ -126,8 +126,7 @@ def main() -> int:
         "queries": str(args.queries), "choice": str(args.choice), "collection": args.collection.name,
         "teacher": teacher.fingerprint(), "student": args.student, "window": args.window,
         "not_located": sum(s is None for s in sides),
-        "passages_longer_than_window": round(float(np.mean(np.array(passage_tokens) + 2 > args.window)), 4),
-        "median_passage_tokens": float(np.median(passage_tokens)),
+        "passage_window": window,
         "halves": halves,
         "seconds": round(time.time() - started, 1),
     }

@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from retrdistill.errors import ConfigError
-from retrdistill.models import gguf_file, model_fingerprint, resolve_model
 from retrdistill.families.dense.bi_encoder import BiEncoderStudent
-
+from retrdistill.models import gguf_file, model_fingerprint, resolve_model
 
 log = logging.getLogger(__name__)
 
